@@ -1,0 +1,24 @@
+"""FastAPI dependencies as `Annotated` aliases; the app's state holds what they hand out."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session
+
+from monitor.api.context import AppContext
+
+
+def get_context(request: Request) -> AppContext:
+    return request.app.state.context
+
+
+def get_session(context: Annotated[AppContext, Depends(get_context)]) -> Iterator[Session]:
+    with context.sessions() as session:
+        yield session
+
+
+ContextDep = Annotated[AppContext, Depends(get_context)]
+SessionDep = Annotated[Session, Depends(get_session)]

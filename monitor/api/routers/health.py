@@ -1,0 +1,44 @@
+"""Liveness, readiness and the Prometheus scrape endpoint."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from monitor.api.deps import ContextDep
+from monitor.errors import StoreUnavailable
+from monitor.store.db import ping
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    """The process is up and serving HTTP."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+def readyz(context: ContextDep) -> JSONResponse:
+    """Ready only while both the database and the Kafka broker are reachable (503 otherwise)."""
+    checks: dict[str, dict[str, object]] = {}
+    try:
+        ping(context.engine)
+        checks["database"] = {"ok": True}
+    except StoreUnavailable as exc:
+        checks["database"] = {"ok": False, "error": str(exc)}
+    health = context.health
+    checks["broker"] = {"ok": health.broker_ok, **({"error": health.broker_error} if health.broker_error else {})}
+    ready = all(check["ok"] for check in checks.values())
+    body = {
+        "ready": ready,
+        "checks": checks,
+        "last_batch_at": health.last_batch_at.isoformat() if health.last_batch_at else None,
+    }
+    return JSONResponse(body, status_code=200 if ready else 503)
+
+
+@router.get("/metrics")
+def metrics(context: ContextDep) -> Response:
+    return Response(generate_latest(context.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,100 @@
+"""`Settings`: every knob of the service, read from ``MONITOR_*`` environment variables.
+
+An unknown ``MONITOR_*`` variable or an invalid value fails at start with a :class:`ConfigError`
+that names the variable, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from monitor.errors import ConfigError
+
+ENV_PREFIX = "MONITOR_"
+
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+class Settings(BaseSettings):
+    """Configuration of one `monitor` process. Field ``x`` is read from ``MONITOR_X``."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
+
+    database_url: str = "sqlite:///./monitor.db"
+    db_auto_upgrade: bool = Field(
+        default=True, description="Run Alembic migrations to head when `monitor serve` starts."
+    )
+
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    conversations_topic: str = "conversations"
+    ratings_topic: str = "ratings"
+    dlq_topic: str = "monitor.dlq"
+    consumer_group: str = "monitor-ingest"
+    batch_size: PositiveInt = 500
+    poll_timeout_ms: PositiveInt = 500
+    max_poll_interval_ms: PositiveInt = 300_000
+    session_timeout_ms: PositiveInt = 10_000
+    lag_refresh_seconds: float = Field(default=5.0, gt=0)
+    retry_backoff_seconds: float = Field(default=1.0, gt=0)
+    retry_backoff_max_seconds: float = Field(default=30.0, gt=0)
+
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8000, ge=0, le=65535)
+
+    log_level: str = "INFO"
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        levels = ("DEBUG", "INFO", "WARNING", "ERROR")
+        if value.upper() not in levels:
+            raise ValueError(f"must be one of {', '.join(levels)}")
+        return value.upper()
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _host_port_list(cls, value: str) -> str:
+        for server in value.split(","):
+            host, sep, port = server.strip().rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError(f"expected host:port[,host:port...], got {value!r}")
+        return value
+
+    @property
+    def bootstrap_servers(self) -> list[str]:
+        return [server.strip() for server in self.kafka_bootstrap.split(",")]
+
+    @property
+    def topics(self) -> tuple[str, str]:
+        return (self.conversations_topic, self.ratings_topic)
+
+
+def _unknown_env_vars(environ: dict[str, str]) -> list[str]:
+    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    return sorted(k for k in environ if k.upper().startswith(ENV_PREFIX) and k.upper() not in known)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build :class:`Settings` from the environment plus ``overrides``; raise :class:`ConfigError`.
+
+    >>> load_settings(batch_size=10).batch_size
+    10
+    """
+    unknown = _unknown_env_vars(dict(os.environ))
+    if unknown:
+        raise ConfigError(
+            f"unknown setting(s): {', '.join(unknown)}; known: "
+            + ", ".join(ENV_PREFIX + n.upper() for n in Settings.model_fields)
+        )
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{ENV_PREFIX}{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"invalid setting(s): {problems}") from exc

@@ -1,0 +1,64 @@
+"""The one exception tree of `monitor`.
+
+    MonitorError
+    ├── ConfigError            a setting is unknown or invalid (raised at start)
+    ├── InvalidEvent           a Kafka payload breaks its wire contract (goes to the dead-letter topic)
+    ├── ScoringError           a scorer could not score a batch at all
+    ├── StoreUnavailable       the database cannot be reached
+    ├── BrokerUnavailable      the Kafka bootstrap servers cannot be reached
+    └── NotFound               an API lookup found nothing (HTTP 404)
+
+Third-party exceptions are translated at the boundary with ``raise ... from``. Errors that an API
+handler may raise carry an HTTP ``status_code``.
+"""
+
+from __future__ import annotations
+
+
+class MonitorError(Exception):
+    """Base of every error `monitor` raises on purpose."""
+
+    status_code = 500
+
+
+class ConfigError(MonitorError):
+    """A setting is unknown or has an invalid value."""
+
+
+class InvalidEvent(MonitorError):
+    """A payload that breaks its wire contract.
+
+    ``reason`` is one of :data:`monitor.events.DEAD_LETTER_REASONS` (a small fixed set, safe as a
+    metric label); ``detail`` is the human-readable explanation stored with the dead letter.
+    """
+
+    status_code = 422
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class ScoringError(MonitorError):
+    """A scorer failed for a whole batch (individual failures are recorded per response)."""
+
+    status_code = 503
+
+
+class StoreUnavailable(MonitorError):
+    """The database cannot be reached."""
+
+    status_code = 503
+
+
+class BrokerUnavailable(MonitorError):
+    """The Kafka bootstrap servers cannot be reached."""
+
+    status_code = 503
+
+
+class NotFound(MonitorError):
+    """The requested resource does not exist."""
+
+    status_code = 404

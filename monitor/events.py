@@ -1,0 +1,226 @@
+"""Wire contracts: ``conversation/v1`` and ``rating/v1`` (see DESIGN.md), strictly validated.
+
+:func:`parse_conversation` and :func:`parse_rating` take the raw Kafka value (bytes) and return a
+validated event or raise :class:`~monitor.errors.InvalidEvent` with a reason from
+:data:`DEAD_LETTER_REASONS`. Nothing is coerced: a string where a number belongs, an unknown field,
+a naive timestamp or an unknown ``schema`` is rejected.
+
+>>> raw = b'''{"schema": "rating/v1", "event_id": "0b6f7c52-6f1e-4c43-a1d2-1b1c55c1c0de",
+...   "conversation_id": "c-1", "turn": 0, "ts": "2026-11-27T10:01:10Z",
+...   "rating": {"kind": "stars", "value": 4}}'''
+>>> parse_rating(raw).satisfaction
+0.75
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
+
+from monitor.errors import InvalidEvent
+
+CONVERSATION_SCHEMA = "conversation/v1"
+RATING_SCHEMA = "rating/v1"
+
+MAX_MESSAGE_BYTES = 1024 * 1024
+MAX_MESSAGES = 200
+
+#: Why a payload was dead-lettered. Fixed and small: these are Prometheus label values.
+DEAD_LETTER_REASONS = (
+    "oversize",  # the Kafka value is over MAX_MESSAGE_BYTES
+    "invalid_utf8",  # not UTF-8, or text PostgreSQL cannot hold (NUL, lone surrogates)
+    "invalid_json",  # not a JSON object
+    "unknown_schema",  # `schema` missing or not the one this topic carries
+    "too_many_messages",  # a conversation over MAX_MESSAGES messages
+    "invalid_fields",  # anything else the contract forbids
+)
+
+Id = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+class Message(_Strict):
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str
+
+
+class Segment(_Strict):
+    domain: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    locale: Annotated[str, StringConstraints(min_length=1, max_length=32)] | None = None
+    channel: Annotated[str, StringConstraints(min_length=1, max_length=32)] | None = None
+
+
+class ConversationEvent(_Strict):
+    """One assistant turn. The last message is the assistant response under watch."""
+
+    schema_: Literal["conversation/v1"] = Field(alias="schema")
+    event_id: uuid.UUID
+    conversation_id: Id
+    turn: Annotated[int, Field(ge=0)]
+    ts: AwareDatetime
+    model_version: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    messages: Annotated[list[Message], Field(min_length=1)]
+    segment: Segment
+    reward: float | None = None
+
+    @field_validator("messages")
+    @classmethod
+    def _ends_with_assistant(cls, messages: list[Message]) -> list[Message]:
+        if messages[-1].role != "assistant":
+            raise ValueError("the last message must be the assistant response")
+        return messages
+
+    @field_validator("reward")
+    @classmethod
+    def _finite(cls, reward: float | None) -> float | None:
+        if reward is not None and not math.isfinite(reward):
+            raise ValueError("reward must be a finite number")
+        return reward
+
+    @property
+    def response(self) -> str:
+        return self.messages[-1].content
+
+    @property
+    def prompt(self) -> str:
+        """The last user message before the response ('' when there is none)."""
+        for message in reversed(self.messages[:-1]):
+            if message.role == "user":
+                return message.content
+        return ""
+
+
+class ThumbsRating(_Strict):
+    kind: Literal["thumbs"]
+    value: Literal[0, 1]
+
+    def satisfaction(self) -> float:
+        return float(self.value)
+
+
+class StarsRating(_Strict):
+    kind: Literal["stars"]
+    value: Annotated[int, Field(ge=1, le=5)]
+
+    def satisfaction(self) -> float:
+        return (self.value - 1) / 4
+
+
+class ScoreRating(_Strict):
+    kind: Literal["score"]
+    value: Annotated[float, Field(ge=0.0, le=1.0)]
+
+    def satisfaction(self) -> float:
+        return float(self.value)
+
+
+Rating = Annotated[ThumbsRating | StarsRating | ScoreRating, Field(discriminator="kind")]
+
+
+class RatingEvent(_Strict):
+    """A user's rating of one assistant turn; may arrive before the turn itself."""
+
+    schema_: Literal["rating/v1"] = Field(alias="schema")
+    event_id: uuid.UUID
+    conversation_id: Id
+    turn: Annotated[int, Field(ge=0)]
+    ts: AwareDatetime
+    rating: Rating
+    reasons: Annotated[list[Annotated[str, StringConstraints(max_length=64)]], Field(max_length=32)] = []
+    comment: Annotated[str, StringConstraints(max_length=10_000)] | None = None
+
+    @property
+    def satisfaction(self) -> float:
+        """The rating normalised to [0, 1]: thumbs 0/1, stars (v-1)/4, score as is."""
+        return self.rating.satisfaction()
+
+
+def _decode(raw: bytes) -> tuple[str, dict]:
+    if len(raw) > MAX_MESSAGE_BYTES:
+        raise InvalidEvent("oversize", f"{len(raw)} bytes exceeds the {MAX_MESSAGE_BYTES} byte limit")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidEvent("invalid_utf8", f"not valid UTF-8: {exc}") from exc
+    try:
+        document = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise InvalidEvent("invalid_json", f"not JSON: {exc}") from exc
+    if not isinstance(document, dict):
+        raise InvalidEvent("invalid_json", f"expected a JSON object, got {type(document).__name__}")
+    # JSON escapes can still smuggle in text that UTF-8 (and PostgreSQL) cannot hold.
+    _check_text(document)
+    return text, document
+
+
+def _check_text(value: object) -> None:
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise InvalidEvent("invalid_utf8", "text contains a NUL character")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidEvent("invalid_utf8", f"text is not valid Unicode: {exc.reason}") from exc
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_text(key)
+            _check_text(item)
+    elif isinstance(value, list):
+        for item in value:
+            _check_text(item)
+
+
+def _validate(model: type[_Strict], decoded: tuple[str, dict], schema: str) -> _Strict:
+    text, document = decoded
+    if document.get("schema") != schema:
+        raise InvalidEvent("unknown_schema", f"expected schema {schema!r}, got {document.get('schema')!r}")
+    messages = document.get("messages")
+    if isinstance(messages, list) and len(messages) > MAX_MESSAGES:
+        raise InvalidEvent("too_many_messages", f"{len(messages)} messages exceeds the limit of {MAX_MESSAGES}")
+    try:
+        # Strict JSON mode: ISO strings become datetimes/UUIDs, nothing else is coerced.
+        return model.model_validate_json(text)
+    except ValidationError as exc:
+        raise InvalidEvent("invalid_fields", _summarise(exc)) from exc
+
+
+def _summarise(exc: ValidationError) -> str:
+    parts = [f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()[:5]]
+    more = exc.error_count() - len(parts)
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+
+
+def parse_conversation(raw: bytes) -> ConversationEvent:
+    """Validate a ``conversation/v1`` Kafka value; raise :class:`InvalidEvent`."""
+    return _validate(ConversationEvent, _decode(raw), CONVERSATION_SCHEMA)  # type: ignore[return-value]
+
+
+def parse_rating(raw: bytes) -> RatingEvent:
+    """Validate a ``rating/v1`` Kafka value; raise :class:`InvalidEvent`."""
+    return _validate(RatingEvent, _decode(raw), RATING_SCHEMA)  # type: ignore[return-value]
+
+
+def to_wire(event: ConversationEvent | RatingEvent) -> bytes:
+    """Serialise an event exactly as producers put it on the wire."""
+    return event.model_dump_json(by_alias=True).encode("utf-8")
+
+
+def timestamp(value: datetime) -> str:
+    """ISO-8601 UTC with a ``Z`` suffix, the wire format of ``ts``."""
+    return value.isoformat().replace("+00:00", "Z")

@@ -1,0 +1,135 @@
+"""Turn a polled batch of Kafka records into rows: valid events, dead letters, next offsets.
+
+Pure: no I/O. Every record ends up in exactly one place: a turn row, a rating row, a dead letter,
+or (a redelivered copy of an event already in this batch) the ``duplicates`` count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from monitor.errors import InvalidEvent
+from monitor.events import ConversationEvent, RatingEvent, parse_conversation, parse_rating
+from monitor.ingest.records import KafkaRecord
+
+
+@dataclass
+class DeadLetterRecord:
+    record: KafkaRecord
+    reason: str
+    detail: str
+
+    def row(self, received_at: datetime) -> dict[str, Any]:
+        return {
+            "source_topic": self.record.topic,
+            "source_partition": self.record.partition,
+            "source_offset": self.record.offset,
+            "key": self.record.key,
+            "raw": self.record.value if self.record.value is not None else b"",
+            "reason": self.reason,
+            "detail": self.detail,
+            "received_at": received_at,
+        }
+
+
+@dataclass
+class DecodedBatch:
+    conversations: list[tuple[KafkaRecord, ConversationEvent]] = field(default_factory=list)
+    ratings: list[tuple[KafkaRecord, RatingEvent]] = field(default_factory=list)
+    dead_letters: list[DeadLetterRecord] = field(default_factory=list)
+    #: (topic, partition) -> the offset to consume next, i.e. the last offset seen + 1.
+    next_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+    #: (topic, partition) -> the first offset in this batch, where to rewind if it fails.
+    first_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+    duplicates: int = 0
+    consumed_by_topic: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return sum(self.consumed_by_topic.values())
+
+
+def decode_batch(records: list[KafkaRecord], *, conversations_topic: str, ratings_topic: str) -> DecodedBatch:
+    batch = DecodedBatch()
+    seen_ids: set[object] = set()
+    seen_turns: set[tuple[str, int]] = set()
+    for record in records:
+        position = (record.topic, record.partition)
+        batch.first_offsets.setdefault(position, record.offset)
+        batch.next_offsets[position] = max(batch.next_offsets.get(position, 0), record.offset + 1)
+        batch.consumed_by_topic[record.topic] = batch.consumed_by_topic.get(record.topic, 0) + 1
+        try:
+            if record.value is None:
+                raise InvalidEvent("invalid_json", "empty record value (tombstone)")
+            if record.topic == conversations_topic:
+                conversation = parse_conversation(record.value)
+                turn_key = (conversation.conversation_id, conversation.turn)
+                if conversation.event_id in seen_ids or turn_key in seen_turns:
+                    batch.duplicates += 1
+                    continue
+                seen_ids.add(conversation.event_id)
+                seen_turns.add(turn_key)
+                batch.conversations.append((record, conversation))
+            elif record.topic == ratings_topic:
+                rating = parse_rating(record.value)
+                if rating.event_id in seen_ids:
+                    batch.duplicates += 1
+                    continue
+                seen_ids.add(rating.event_id)
+                batch.ratings.append((record, rating))
+            else:
+                raise InvalidEvent("unknown_schema", f"record from unexpected topic {record.topic!r}")
+        except InvalidEvent as exc:
+            batch.dead_letters.append(DeadLetterRecord(record, exc.reason, exc.detail))
+    return batch
+
+
+def turn_row(record: KafkaRecord, event: ConversationEvent, score: float | None, scorer: str,
+             score_error: str | None, ingested_at: datetime) -> dict[str, Any]:
+    return {
+        "event_id": event.event_id,
+        "conversation_id": event.conversation_id,
+        "turn": event.turn,
+        "ts": event.ts,
+        "model_version": event.model_version,
+        "domain": event.segment.domain,
+        "locale": event.segment.locale,
+        "channel": event.segment.channel,
+        "messages": [m.model_dump() for m in event.messages],
+        "prompt": event.prompt,
+        "response": event.response,
+        "producer_reward": event.reward,
+        "score": score,
+        "scorer": scorer,
+        "score_error": score_error,
+        "satisfaction": None,
+        "rating_count": 0,
+        "rated_at": None,
+        "source_topic": record.topic,
+        "source_partition": record.partition,
+        "source_offset": record.offset,
+        "ingested_at": ingested_at,
+    }
+
+
+def rating_row(record: KafkaRecord, event: RatingEvent, ingested_at: datetime) -> dict[str, Any]:
+    return {
+        "event_id": event.event_id,
+        "conversation_id": event.conversation_id,
+        "turn": event.turn,
+        "ts": event.ts,
+        "kind": event.rating.kind,
+        "value": float(event.rating.value),
+        "satisfaction": event.satisfaction,
+        "reasons": list(event.reasons),
+        "comment": event.comment,
+        "joined": False,
+        "source_topic": record.topic,
+        "source_partition": record.partition,
+        "source_offset": record.offset,
+        "ingested_at": ingested_at,
+    }
+
+

@@ -1,0 +1,23 @@
+"""`HealthState`: what the ingest loop last saw of its dependencies, read by ``/readyz``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+@dataclass
+class HealthState:
+    broker_ok: bool = False
+    store_ok: bool = False
+    broker_error: str | None = None
+    store_error: str | None = None
+    last_batch_at: datetime | None = None
+    batches: int = 0
+    extra: dict[str, object] = field(default_factory=dict)
+
+    def mark_broker(self, ok: bool, error: str | None = None) -> None:
+        self.broker_ok, self.broker_error = ok, error
+
+    def mark_store(self, ok: bool, error: str | None = None) -> None:
+        self.store_ok, self.store_error = ok, error

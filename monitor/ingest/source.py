@@ -1,0 +1,124 @@
+"""`KafkaEventSource`: the consumer side of ingest, behind a narrow seam.
+
+On every partition assignment it seeks to the offsets stored in the database (written in the same
+transaction as the rows), so a restarted or rebalanced worker resumes exactly after the last
+committed batch. Kafka's own committed offsets trail the database's and are only a fallback.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Protocol
+
+from kafka import KafkaConsumer, OffsetAndMetadata, TopicPartition
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.errors import KafkaError
+
+from monitor.config import Settings
+from monitor.errors import BrokerUnavailable
+from monitor.kafka_defaults import BOOTSTRAP_TIMEOUT_MS
+from monitor.ingest.records import KafkaRecord
+
+log = logging.getLogger(__name__)
+
+Position = tuple[str, int]
+OffsetLoader = Callable[[list[Position]], Mapping[Position, int]]
+
+_PROBE_TIMEOUT_MS = 3000
+
+
+class EventSource(Protocol):
+    def poll(self) -> list[KafkaRecord]: ...
+    def commit(self, next_offsets: Mapping[Position, int]) -> None: ...
+    def rewind(self, first_offsets: Mapping[Position, int]) -> None: ...
+    def lag(self) -> dict[str, int]: ...
+    def close(self) -> None: ...
+
+
+class _ResumeFromStore(ConsumerRebalanceListener):
+    def __init__(self, consumer: KafkaConsumer, load_offsets: OffsetLoader) -> None:
+        self._consumer = consumer
+        self._load_offsets = load_offsets
+
+    def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        # Nothing to flush: each batch is committed (store, then Kafka) before the next poll.
+        pass
+
+    def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        positions = sorted((tp.topic, tp.partition) for tp in assigned)
+        stored = self._load_offsets(positions)
+        for topic, partition in positions:
+            if (topic, partition) in stored:
+                self._consumer.seek(TopicPartition(topic, partition), stored[(topic, partition)])
+        log.info(
+            "partitions assigned",
+            extra={"assigned": [f"{t}:{p}" for t, p in positions], "from_store": len(stored)},
+        )
+
+
+class KafkaEventSource:
+    def __init__(self, settings: Settings, load_offsets: OffsetLoader) -> None:
+        self._settings = settings
+        try:
+            self._consumer = KafkaConsumer(
+                bootstrap_servers=settings.bootstrap_servers,
+                group_id=settings.consumer_group,
+                client_id=f"monitor-{settings.consumer_group}",
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                max_poll_records=settings.batch_size,
+                max_poll_interval_ms=settings.max_poll_interval_ms,
+                session_timeout_ms=settings.session_timeout_ms,
+                heartbeat_interval_ms=max(settings.session_timeout_ms // 5, 100),
+                # Our own limit is 1 MiB per value; fetch enough to see (and dead-letter) bigger ones.
+                max_partition_fetch_bytes=8 * 1024 * 1024,
+                bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
+            )
+        except KafkaError as exc:
+            raise BrokerUnavailable(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}") from exc
+        self._consumer.subscribe(
+            topics=list(settings.topics), listener=_ResumeFromStore(self._consumer, load_offsets)
+        )
+
+    def poll(self) -> list[KafkaRecord]:
+        polled = self._consumer.poll(
+            timeout_ms=self._settings.poll_timeout_ms, max_records=self._settings.batch_size
+        )
+        return [
+            KafkaRecord(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp)
+            for records in polled.values()
+            for r in records
+        ]
+
+    def commit(self, next_offsets: Mapping[Position, int]) -> None:
+        self._consumer.commit(
+            {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in next_offsets.items()}
+        )
+
+    def rewind(self, first_offsets: Mapping[Position, int]) -> None:
+        assigned = self._consumer.assignment()
+        for (topic, partition), offset in first_offsets.items():
+            tp = TopicPartition(topic, partition)
+            if tp in assigned:
+                self._consumer.seek(tp, offset)
+
+    def lag(self) -> dict[str, int]:
+        """Records behind the high watermark per topic; raise :class:`BrokerUnavailable`."""
+        assigned = sorted(self._consumer.assignment())
+        lag = {topic: 0 for topic in self._settings.topics}
+        try:
+            if not assigned:
+                self._consumer.bootstrap(timeout_ms=_PROBE_TIMEOUT_MS, refresh=True)
+                return lag
+            ends = self._consumer.end_offsets(assigned, timeout_ms=_PROBE_TIMEOUT_MS)
+            for tp in assigned:
+                behind = ends.get(tp, 0) - self._consumer.position(tp, timeout_ms=_PROBE_TIMEOUT_MS)
+                # Some brokers' watermarks trail what they already served; lag is never negative.
+                lag[tp.topic] = lag.get(tp.topic, 0) + max(behind, 0)
+        except KafkaError as exc:
+            raise BrokerUnavailable(f"Kafka did not answer an offsets request: {exc}") from exc
+        return lag
+
+    def close(self) -> None:
+        self._consumer.close(autocommit=False)

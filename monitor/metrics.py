@@ -1,0 +1,82 @@
+"""Every Prometheus metric of `monitor`, named once, registered on a registry passed in.
+
+Labels come only from small fixed sets: ``topic`` (the configured topic names), ``reason``
+(:data:`monitor.events.DEAD_LETTER_REASONS`), ``kind`` and ``stage`` (literals below).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from monitor import __version__
+from monitor.events import DEAD_LETTER_REASONS
+
+EVENT_KINDS = ("conversation", "rating")
+FAILURE_STAGES = ("scoring", "dead_letter_topic", "store", "commit")
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.build_info = Gauge(
+            "monitor_build_info", "Constant 1, labelled with the running version.", ["version"],
+            registry=registry,
+        )
+        self.build_info.labels(version=__version__).set(1)
+        self.messages_consumed = Counter(
+            "monitor_messages_consumed_total", "Kafka records consumed, by topic.", ["topic"],
+            registry=registry,
+        )
+        self.events_accepted = Counter(
+            "monitor_events_accepted_total",
+            "Valid events written to the store (replays included; the store ignores repeats).",
+            ["kind"],
+            registry=registry,
+        )
+        self.duplicate_events = Counter(
+            "monitor_duplicate_events_total",
+            "Events skipped because the same event appeared earlier in the same batch.",
+            registry=registry,
+        )
+        self.dead_letters = Counter(
+            "monitor_dead_letters_total", "Records sent to the dead-letter topic, by reason.", ["reason"],
+            registry=registry,
+        )
+        self.batch_duration = Histogram(
+            "monitor_batch_duration_seconds",
+            "Wall time of one ingest batch: validate, score, write, commit.",
+            # Batches of a few hundred events should take tens of milliseconds; the upper buckets
+            # catch a slow database or reward model long before max_poll_interval is at risk.
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=registry,
+        )
+        self.batch_failures = Counter(
+            "monitor_batch_failures_total",
+            "Batches that failed and will be retried from their first offset, by stage.",
+            ["stage"],
+            registry=registry,
+        )
+        self.consumer_lag = Gauge(
+            "monitor_consumer_lag_messages",
+            "Records not yet consumed (high watermark minus position), summed over partitions.",
+            ["topic"],
+            registry=registry,
+        )
+        self.broker_up = Gauge(
+            "monitor_broker_up", "1 when the Kafka broker answered the last probe.", registry=registry
+        )
+        self.store_up = Gauge(
+            "monitor_store_up", "1 when the database answered the last write or probe.", registry=registry
+        )
+        for kind in EVENT_KINDS:
+            self.events_accepted.labels(kind=kind)
+        for reason in DEAD_LETTER_REASONS:
+            self.dead_letters.labels(reason=reason)
+        for stage in FAILURE_STAGES:
+            self.batch_failures.labels(stage=stage)
+
+    def init_topics(self, topics: tuple[str, ...]) -> None:
+        """Expose zero-valued series for the configured topics before any record arrives."""
+        for topic in topics:
+            self.messages_consumed.labels(topic=topic)
+            self.consumer_lag.labels(topic=topic).set(0)

@@ -1,0 +1,39 @@
+"""The `Scorer` seam: what the ingest loop calls, once per batch, to score assistant responses.
+
+A scorer returns one :class:`ScoreOutcome` per event, in order. A response it cannot score gets an
+outcome with ``error`` set (recorded on the row); only a failure of the whole batch (an unreachable
+scoring service) raises :class:`~monitor.errors.ScoringError`, and then nothing of the batch is
+written and its offsets are not committed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from monitor.events import ConversationEvent
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreOutcome:
+    score: float | None
+    error: str | None = None
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    #: Provenance stored with every score (``kind:model@revision``), so scores of two reward
+    #: models are never mixed silently.
+    identity: str
+
+    def score(self, events: Sequence[ConversationEvent]) -> list[ScoreOutcome]: ...
+
+
+class ProducerRewardScorer:
+    """Takes the producer-side ``reward`` of each event as its score (``None`` when absent)."""
+
+    identity = "producer"
+
+    def score(self, events: Sequence[ConversationEvent]) -> list[ScoreOutcome]:
+        return [ScoreOutcome(event.reward) for event in events]

@@ -1,0 +1,53 @@
+"""Engines and sessions: SQLite (the embedded default) or PostgreSQL, chosen by URL."""
+
+from __future__ import annotations
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from monitor.errors import StoreUnavailable
+
+
+def normalise_url(url: str) -> str:
+    """Use psycopg 3 for a bare ``postgresql://`` URL (psycopg2 is not a dependency).
+
+    >>> normalise_url("postgresql://localhost/test")
+    'postgresql+psycopg://localhost/test'
+    """
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def make_engine(url: str) -> Engine:
+    url = normalise_url(url)
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 30})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+
+
+def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
+    # WAL lets the API read while the ingest loop writes; NORMAL sync is durable in WAL mode
+    # against process crashes (the crash test SIGKILLs the writer).
+    cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def make_session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def ping(engine: Engine) -> None:
+    """Raise :class:`StoreUnavailable` unless the database answers ``SELECT 1``."""
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except SQLAlchemyError as exc:
+        raise StoreUnavailable(f"database unreachable: {exc.__class__.__name__}: {exc}") from exc

@@ -1,0 +1,150 @@
+"""SQLAlchemy 2 models: the store's tables. Types work on SQLite and PostgreSQL alike.
+
+- ``turns``: one assistant turn per ``(conversation_id, turn)``, its text, score and joined rating.
+- ``ratings``: every rating event, whether or not its turn has arrived (``joined`` says which).
+- ``consumer_offsets``: the next Kafka offset per (group, topic, partition), written in the same
+  transaction as the rows it covers; the consumer resumes from here.
+- ``dead_letters``: every payload that broke its contract, raw bytes included.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    Uuid,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# Stable constraint names, so Alembic migrations name the same thing on every database.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a 64-bit identity.
+AutoId = BigInteger().with_variant(Integer, "sqlite")
+Json = JSON().with_variant(JSONB, "postgresql")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC in and out; SQLite returns naive values, so they are re-tagged as UTC."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: object) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetimes are not stored; pass a timezone-aware value")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: object) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Turn(Base):
+    __tablename__ = "turns"
+    __table_args__ = (
+        UniqueConstraint("conversation_id", "turn"),
+        Index("ix_turns_domain_ts", "domain", "ts"),
+    )
+
+    id: Mapped[int] = mapped_column(AutoId, primary_key=True)
+    event_id: Mapped[uuid.UUID] = mapped_column(Uuid, unique=True)
+    conversation_id: Mapped[str] = mapped_column(String(256))
+    turn: Mapped[int] = mapped_column(Integer)
+    ts: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    model_version: Mapped[str] = mapped_column(String(128))
+    domain: Mapped[str] = mapped_column(String(64))
+    locale: Mapped[str | None] = mapped_column(String(32))
+    channel: Mapped[str | None] = mapped_column(String(32))
+    messages: Mapped[list] = mapped_column(Json)
+    prompt: Mapped[str] = mapped_column(Text)
+    response: Mapped[str] = mapped_column(Text)
+    producer_reward: Mapped[float | None] = mapped_column(Float)
+    score: Mapped[float | None] = mapped_column(Float)
+    scorer: Mapped[str | None] = mapped_column(String(256))
+    score_error: Mapped[str | None] = mapped_column(Text)
+    satisfaction: Mapped[float | None] = mapped_column(Float)
+    rating_count: Mapped[int] = mapped_column(Integer, default=0)
+    rated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    source_topic: Mapped[str] = mapped_column(String(256))
+    source_partition: Mapped[int] = mapped_column(Integer)
+    source_offset: Mapped[int] = mapped_column(BigInteger)
+    ingested_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class RatingRow(Base):
+    __tablename__ = "ratings"
+    __table_args__ = (Index("ix_ratings_conversation_turn", "conversation_id", "turn"),)
+
+    id: Mapped[int] = mapped_column(AutoId, primary_key=True)
+    event_id: Mapped[uuid.UUID] = mapped_column(Uuid, unique=True)
+    conversation_id: Mapped[str] = mapped_column(String(256))
+    turn: Mapped[int] = mapped_column(Integer)
+    ts: Mapped[datetime] = mapped_column(UTCDateTime)
+    kind: Mapped[str] = mapped_column(String(16))
+    value: Mapped[float] = mapped_column(Float)
+    satisfaction: Mapped[float] = mapped_column(Float)
+    reasons: Mapped[list] = mapped_column(Json)
+    comment: Mapped[str | None] = mapped_column(Text)
+    joined: Mapped[bool] = mapped_column(Boolean, default=False)
+    source_topic: Mapped[str] = mapped_column(String(256))
+    source_partition: Mapped[int] = mapped_column(Integer)
+    source_offset: Mapped[int] = mapped_column(BigInteger)
+    ingested_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ConsumerOffset(Base):
+    __tablename__ = "consumer_offsets"
+
+    group_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    topic: Mapped[str] = mapped_column(String(256), primary_key=True)
+    partition: Mapped[int] = mapped_column(Integer, primary_key=True)
+    next_offset: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class DeadLetter(Base):
+    __tablename__ = "dead_letters"
+    __table_args__ = (UniqueConstraint("source_topic", "source_partition", "source_offset"),)
+
+    id: Mapped[int] = mapped_column(AutoId, primary_key=True)
+    source_topic: Mapped[str] = mapped_column(String(256))
+    source_partition: Mapped[int] = mapped_column(Integer)
+    source_offset: Mapped[int] = mapped_column(BigInteger)
+    key: Mapped[bytes | None] = mapped_column(LargeBinary)
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
+    reason: Mapped[str] = mapped_column(String(32), index=True)
+    detail: Mapped[str] = mapped_column(Text)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

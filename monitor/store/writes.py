@@ -1,0 +1,133 @@
+"""Idempotent writes of one ingest batch. Functions flush, never commit: the caller owns the
+transaction, so rows and the consumed offsets land together or not at all.
+
+Replays are harmless: turns are keyed by ``event_id`` and ``(conversation_id, turn)``, ratings by
+``event_id``, dead letters by their source ``(topic, partition, offset)``; a row that exists is
+left as it is. A turn's satisfaction is always *recomputed* from all its ratings (the latest by
+event time wins), never accumulated, so it comes out the same in whatever order rows arrive.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import Table, and_, case, exists, func, select, tuple_, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from monitor.store.models import ConsumerOffset, DeadLetter, RatingRow, Turn, utcnow
+
+# Keeps each statement well under SQLite's and PostgreSQL's bound-parameter limits.
+_KEYS_PER_STATEMENT = 1000
+
+TurnKey = tuple[str, int]
+
+
+def _dialect_insert(session: Session, table: Table) -> Any:
+    name = session.get_bind().dialect.name
+    if name == "postgresql":
+        return postgresql.insert(table)
+    if name == "sqlite":
+        return sqlite.insert(table)
+    raise NotImplementedError(f"unsupported database dialect {name!r}; use SQLite or PostgreSQL")
+
+
+def insert_ignoring_duplicates(session: Session, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
+    """INSERT rows; a row that collides with any unique key is skipped (it was stored before)."""
+    if rows:
+        session.execute(_dialect_insert(session, table).on_conflict_do_nothing(), list(rows))
+
+
+def save_offsets(session: Session, group_id: str, next_offsets: Mapping[tuple[str, int], int]) -> None:
+    """Record the next offset to consume per (topic, partition); an offset never moves backwards."""
+    if not next_offsets:
+        return
+    now = utcnow()
+    rows = [
+        {"group_id": group_id, "topic": t, "partition": p, "next_offset": o, "updated_at": now}
+        for (t, p), o in sorted(next_offsets.items())
+    ]
+    table = ConsumerOffset.__table__
+    statement = _dialect_insert(session, table)
+    # A worker that lost its partitions in a rebalance may still finish an older batch; never let
+    # it rewind an offset the new owner already moved past.
+    newest = case(
+        (statement.excluded.next_offset > table.c.next_offset, statement.excluded.next_offset),
+        else_=table.c.next_offset,
+    )
+    session.execute(
+        statement.on_conflict_do_update(
+            index_elements=["group_id", "topic", "partition"],
+            set_={"next_offset": newest, "updated_at": statement.excluded.updated_at},
+        ),
+        rows,
+    )
+
+
+def load_offsets(session: Session, group_id: str, topics: Iterable[str]) -> dict[tuple[str, int], int]:
+    rows = session.execute(
+        select(ConsumerOffset.topic, ConsumerOffset.partition, ConsumerOffset.next_offset).where(
+            ConsumerOffset.group_id == group_id, ConsumerOffset.topic.in_(list(topics))
+        )
+    )
+    return {(topic, partition): offset for topic, partition, offset in rows}
+
+
+def join_ratings(session: Session, keys: Iterable[TurnKey]) -> None:
+    """Join ratings to their turns for ``keys``: mark ratings whose turn exists, and set each
+    turn's ``satisfaction`` / ``rated_at`` from its latest rating and ``rating_count`` from all."""
+    unique_keys = sorted(set(keys))
+    for start in range(0, len(unique_keys), _KEYS_PER_STATEMENT):
+        chunk = unique_keys[start : start + _KEYS_PER_STATEMENT]
+        _join_chunk(session, chunk)
+
+
+def _join_chunk(session: Session, keys: list[TurnKey]) -> None:
+    rating_key = tuple_(RatingRow.conversation_id, RatingRow.turn)
+    turn_key = tuple_(Turn.conversation_id, Turn.turn)
+    turn_exists = exists().where(
+        Turn.conversation_id == RatingRow.conversation_id, Turn.turn == RatingRow.turn
+    )
+    session.execute(
+        update(RatingRow)
+        .where(rating_key.in_(keys), RatingRow.joined.is_(False), turn_exists)
+        .values(joined=True)
+        .execution_options(synchronize_session=False)
+    )
+    same_turn = and_(RatingRow.conversation_id == Turn.conversation_id, RatingRow.turn == Turn.turn)
+    latest = (
+        select(RatingRow.satisfaction, RatingRow.ts)
+        .where(same_turn)
+        .order_by(RatingRow.ts.desc(), RatingRow.event_id.desc())
+        .limit(1)
+    )
+    session.execute(
+        update(Turn)
+        .where(turn_key.in_(keys))
+        .values(
+            satisfaction=latest.with_only_columns(RatingRow.satisfaction).scalar_subquery(),
+            rated_at=latest.with_only_columns(RatingRow.ts).scalar_subquery(),
+            rating_count=select(func.count()).where(same_turn).scalar_subquery(),
+        )
+        .execution_options(synchronize_session=False)
+    )
+
+
+def write_ingest_batch(
+    session: Session,
+    *,
+    group_id: str,
+    turns: Sequence[Mapping[str, Any]],
+    ratings: Sequence[Mapping[str, Any]],
+    dead_letters: Sequence[Mapping[str, Any]],
+    next_offsets: Mapping[tuple[str, int], int],
+) -> None:
+    """Write one consumed batch: rows, rating joins and offsets (the caller commits)."""
+    insert_ignoring_duplicates(session, Turn.__table__, turns)
+    insert_ignoring_duplicates(session, RatingRow.__table__, ratings)
+    insert_ignoring_duplicates(session, DeadLetter.__table__, dead_letters)
+    keys = [(row["conversation_id"], row["turn"]) for row in (*turns, *ratings)]
+    join_ratings(session, keys)
+    save_offsets(session, group_id, next_offsets)
+    session.flush()
