@@ -37,6 +37,8 @@ RATING_SCHEMA = "rating/v1"
 
 MAX_MESSAGE_BYTES = 1024 * 1024
 MAX_MESSAGES = 200
+#: Turns are stored in a 32-bit column; a larger value is a producer bug, not a conversation.
+MAX_TURN = 1_000_000
 
 #: Why a payload was dead-lettered. Fixed and small: these are Prometheus label values.
 DEAD_LETTER_REASONS = (
@@ -72,10 +74,10 @@ class ConversationEvent(_Strict):
     schema_: Literal["conversation/v1"] = Field(alias="schema")
     event_id: uuid.UUID
     conversation_id: Id
-    turn: Annotated[int, Field(ge=0)]
+    turn: Annotated[int, Field(ge=0, le=MAX_TURN)]
     ts: AwareDatetime
     model_version: Annotated[str, StringConstraints(min_length=1, max_length=128)]
-    messages: Annotated[list[Message], Field(min_length=1)]
+    messages: Annotated[list[Message], Field(min_length=1, max_length=MAX_MESSAGES)]
     segment: Segment
     reward: float | None = None
 
@@ -108,7 +110,8 @@ class ConversationEvent(_Strict):
 
 class ThumbsRating(_Strict):
     kind: Literal["thumbs"]
-    value: Literal[0, 1]
+    # Literal[0, 1] would match true/false and 1.0 by equality; a strict int does not.
+    value: Annotated[int, Field(ge=0, le=1)]
 
     def satisfaction(self) -> float:
         return float(self.value)
@@ -139,7 +142,7 @@ class RatingEvent(_Strict):
     schema_: Literal["rating/v1"] = Field(alias="schema")
     event_id: uuid.UUID
     conversation_id: Id
-    turn: Annotated[int, Field(ge=0)]
+    turn: Annotated[int, Field(ge=0, le=MAX_TURN)]
     ts: AwareDatetime
     rating: Rating
     reasons: Annotated[list[Annotated[str, StringConstraints(max_length=64)]], Field(max_length=32)] = []
@@ -151,7 +154,7 @@ class RatingEvent(_Strict):
         return self.rating.satisfaction()
 
 
-def _decode(raw: bytes) -> tuple[str, dict]:
+def _parse(model: type[_Strict], raw: bytes, schema: str) -> _Strict:
     if len(raw) > MAX_MESSAGE_BYTES:
         raise InvalidEvent("oversize", f"{len(raw)} bytes exceeds the {MAX_MESSAGE_BYTES} byte limit")
     try:
@@ -159,14 +162,37 @@ def _decode(raw: bytes) -> tuple[str, dict]:
     except UnicodeDecodeError as exc:
         raise InvalidEvent("invalid_utf8", f"not valid UTF-8: {exc}") from exc
     try:
+        # Strict JSON mode: ISO strings become datetimes/UUIDs, nothing else is coerced.
+        event = model.model_validate_json(text)
+    except ValidationError as exc:
+        raise _classify(text, schema, exc) from exc
+    # Valid UTF-8 can still carry \u escapes of text that UTF-8 (and PostgreSQL) cannot hold.
+    if "\\u" in text:
+        _check_text(json.loads(text))
+    # `extra="forbid"` lets the attribute name of the aliased `schema` field through.
+    if '"schema_"' in text and "schema_" in json.loads(text):
+        raise InvalidEvent("invalid_fields", "schema_: Extra inputs are not permitted")
+    return event
+
+
+def _classify(text: str, schema: str, exc: ValidationError) -> InvalidEvent:
+    """Why a payload failed, in a fixed order of precedence (the hot path never gets here)."""
+    try:
         document = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
-        raise InvalidEvent("invalid_json", f"not JSON: {exc}") from exc
+    except (json.JSONDecodeError, RecursionError) as error:
+        return InvalidEvent("invalid_json", f"not JSON: {error}")
     if not isinstance(document, dict):
-        raise InvalidEvent("invalid_json", f"expected a JSON object, got {type(document).__name__}")
-    # JSON escapes can still smuggle in text that UTF-8 (and PostgreSQL) cannot hold.
-    _check_text(document)
-    return text, document
+        return InvalidEvent("invalid_json", f"expected a JSON object, got {type(document).__name__}")
+    try:
+        _check_text(document)
+    except InvalidEvent as error:
+        return error
+    if document.get("schema") != schema:
+        return InvalidEvent("unknown_schema", f"expected schema {schema!r}, got {document.get('schema')!r}")
+    messages = document.get("messages")
+    if isinstance(messages, list) and len(messages) > MAX_MESSAGES:
+        return InvalidEvent("too_many_messages", f"{len(messages)} messages exceeds the limit of {MAX_MESSAGES}")
+    return InvalidEvent("invalid_fields", _summarise(exc))
 
 
 def _check_text(value: object) -> None:
@@ -186,20 +212,6 @@ def _check_text(value: object) -> None:
             _check_text(item)
 
 
-def _validate(model: type[_Strict], decoded: tuple[str, dict], schema: str) -> _Strict:
-    text, document = decoded
-    if document.get("schema") != schema:
-        raise InvalidEvent("unknown_schema", f"expected schema {schema!r}, got {document.get('schema')!r}")
-    messages = document.get("messages")
-    if isinstance(messages, list) and len(messages) > MAX_MESSAGES:
-        raise InvalidEvent("too_many_messages", f"{len(messages)} messages exceeds the limit of {MAX_MESSAGES}")
-    try:
-        # Strict JSON mode: ISO strings become datetimes/UUIDs, nothing else is coerced.
-        return model.model_validate_json(text)
-    except ValidationError as exc:
-        raise InvalidEvent("invalid_fields", _summarise(exc)) from exc
-
-
 def _summarise(exc: ValidationError) -> str:
     parts = [f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()[:5]]
     more = exc.error_count() - len(parts)
@@ -208,12 +220,12 @@ def _summarise(exc: ValidationError) -> str:
 
 def parse_conversation(raw: bytes) -> ConversationEvent:
     """Validate a ``conversation/v1`` Kafka value; raise :class:`InvalidEvent`."""
-    return _validate(ConversationEvent, _decode(raw), CONVERSATION_SCHEMA)  # type: ignore[return-value]
+    return _parse(ConversationEvent, raw, CONVERSATION_SCHEMA)  # type: ignore[return-value]
 
 
 def parse_rating(raw: bytes) -> RatingEvent:
     """Validate a ``rating/v1`` Kafka value; raise :class:`InvalidEvent`."""
-    return _validate(RatingEvent, _decode(raw), RATING_SCHEMA)  # type: ignore[return-value]
+    return _parse(RatingEvent, raw, RATING_SCHEMA)  # type: ignore[return-value]
 
 
 def to_wire(event: ConversationEvent | RatingEvent) -> bytes:

@@ -44,7 +44,7 @@ class Metrics:
         )
         self.batch_duration = Histogram(
             "monitor_batch_duration_seconds",
-            "Wall time of one ingest batch: validate, score, write, commit.",
+            "Wall time of one ingest batch: validate, score, dead letters, store transaction.",
             # Batches of a few hundred events should take tens of milliseconds; the upper buckets
             # catch a slow database or reward model long before max_poll_interval is at risk.
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),

@@ -150,3 +150,19 @@ def test_a_failed_transaction_leaves_neither_rows_nor_offsets(sessions) -> None:
     assert snapshot(sessions)["turns"] == []
     with sessions() as session:
         assert load_offsets(session, "g", ["conversations"]) == {}
+
+
+def test_a_rolled_back_batch_does_not_break_the_next_one(sessions) -> None:
+    """PostgreSQL stages rows in a temporary table created in the first transaction; a rollback
+    drops that table again, and the next batch must recreate it rather than fail forever."""
+    with pytest.raises(RuntimeError):
+        with sessions.begin() as session:
+            write_ingest_batch(session, group_id="g", turns=[], ratings=[], dead_letters=[], next_offsets={})
+            recs = records(conversation("c-1", 0))
+            batch = decode_batch(recs, conversations_topic="conversations", ratings_topic="ratings")
+            write_ingest_batch(session, group_id="g",
+                               turns=[turn_row(r, e, None, "producer", None, NOW) for r, e in batch.conversations],
+                               ratings=[], dead_letters=[], next_offsets=batch.next_offsets)
+            raise RuntimeError("crash before commit")
+    write(sessions, records(conversation("c-2", 0)))
+    assert [t[0] for t in snapshot(sessions)["turns"]] == ["c-2"]

@@ -41,8 +41,6 @@ class DecodedBatch:
     dead_letters: list[DeadLetterRecord] = field(default_factory=list)
     #: (topic, partition) -> the offset to consume next, i.e. the last offset seen + 1.
     next_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
-    #: (topic, partition) -> the first offset in this batch, where to rewind if it fails.
-    first_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     duplicates: int = 0
     consumed_by_topic: dict[str, int] = field(default_factory=dict)
 
@@ -57,7 +55,6 @@ def decode_batch(records: list[KafkaRecord], *, conversations_topic: str, rating
     seen_turns: set[tuple[str, int]] = set()
     for record in records:
         position = (record.topic, record.partition)
-        batch.first_offsets.setdefault(position, record.offset)
         batch.next_offsets[position] = max(batch.next_offsets.get(position, 0), record.offset + 1)
         batch.consumed_by_topic[record.topic] = batch.consumed_by_topic.get(record.topic, 0) + 1
         try:
@@ -97,7 +94,7 @@ def turn_row(record: KafkaRecord, event: ConversationEvent, score: float | None,
         "domain": event.segment.domain,
         "locale": event.segment.locale,
         "channel": event.segment.channel,
-        "messages": [m.model_dump() for m in event.messages],
+        "messages": [{"role": m.role, "content": m.content} for m in event.messages],
         "prompt": event.prompt,
         "response": event.response,
         "producer_reward": event.reward,

@@ -33,6 +33,7 @@ class EventSource(Protocol):
     def commit(self, next_offsets: Mapping[Position, int]) -> None: ...
     def rewind(self, first_offsets: Mapping[Position, int]) -> None: ...
     def lag(self) -> dict[str, int]: ...
+    def set_revoke_hook(self, hook: Callable[[], object] | None) -> None: ...
     def close(self) -> None: ...
 
 
@@ -40,10 +41,12 @@ class _ResumeFromStore(ConsumerRebalanceListener):
     def __init__(self, consumer: KafkaConsumer, load_offsets: OffsetLoader) -> None:
         self._consumer = consumer
         self._load_offsets = load_offsets
+        self.before_revoke: Callable[[], object] | None = None
 
     def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        # Nothing to flush: each batch is committed (store, then Kafka) before the next poll.
-        pass
+        # Finish (and commit) the batch in flight while these partitions are still ours.
+        if self.before_revoke is not None:
+            self.before_revoke()
 
     def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         positions = sorted((tp.topic, tp.partition) for tp in assigned)
@@ -72,14 +75,17 @@ class KafkaEventSource:
                 session_timeout_ms=settings.session_timeout_ms,
                 heartbeat_interval_ms=max(settings.session_timeout_ms // 5, 100),
                 # Our own limit is 1 MiB per value; fetch enough to see (and dead-letter) bigger ones.
-                max_partition_fetch_bytes=8 * 1024 * 1024,
+                max_partition_fetch_bytes=1 * 1024 * 1024,
                 bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
             )
         except KafkaError as exc:
             raise BrokerUnavailable(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}") from exc
-        self._consumer.subscribe(
-            topics=list(settings.topics), listener=_ResumeFromStore(self._consumer, load_offsets)
-        )
+        self._listener = _ResumeFromStore(self._consumer, load_offsets)
+        self._consumer.subscribe(topics=list(settings.topics), listener=self._listener)
+
+    def set_revoke_hook(self, hook: Callable[[], object] | None) -> None:
+        """Call ``hook`` (inside ``poll``) before partitions are taken away in a rebalance."""
+        self._listener.before_revoke = hook
 
     def poll(self) -> list[KafkaRecord]:
         polled = self._consumer.poll(

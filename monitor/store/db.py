@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -27,7 +27,18 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    event.listen(engine, "rollback", _forget_staging_tables)
+    return engine
+
+
+#: `Connection.info` key: the temporary staging tables created on that database connection.
+STAGING_TABLES = "monitor_staging_tables"
+
+
+def _forget_staging_tables(connection: Connection) -> None:
+    # A rollback also undoes a CREATE TEMP TABLE made in that transaction.
+    connection.info.pop(STAGING_TABLES, None)
 
 
 def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:

@@ -54,9 +54,10 @@ class UTCDateTime(TypeDecorator[datetime]):
     def process_bind_param(self, value: datetime | None, dialect: object) -> datetime | None:
         if value is None:
             return None
-        if value.tzinfo is None:
+        offset = value.utcoffset()
+        if offset is None:
             raise ValueError("naive datetimes are not stored; pass a timezone-aware value")
-        return value.astimezone(UTC)
+        return value if not offset else value.astimezone(UTC)
 
     def process_result_value(self, value: datetime | None, dialect: object) -> datetime | None:
         if value is None:
@@ -88,7 +89,8 @@ class Turn(Base):
     domain: Mapped[str] = mapped_column(String(64))
     locale: Mapped[str | None] = mapped_column(String(32))
     channel: Mapped[str | None] = mapped_column(String(32))
-    messages: Mapped[list] = mapped_column(Json)
+    # Plain JSON, not JSONB: stored as text, never queried inside, and much cheaper to write.
+    messages: Mapped[list] = mapped_column(JSON)
     prompt: Mapped[str] = mapped_column(Text)
     response: Mapped[str] = mapped_column(Text)
     producer_reward: Mapped[float | None] = mapped_column(Float)

@@ -12,10 +12,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Table, and_, case, exists, func, select, tuple_, update
+from psycopg.types.json import Json
+from sqlalchemy import JSON, Table, and_, case, exists, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from monitor.store.db import STAGING_TABLES
 from monitor.store.models import ConsumerOffset, DeadLetter, RatingRow, Turn, utcnow
 
 # Keeps each statement well under SQLite's and PostgreSQL's bound-parameter limits.
@@ -35,8 +37,37 @@ def _dialect_insert(session: Session, table: Table) -> Any:
 
 def insert_ignoring_duplicates(session: Session, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
     """INSERT rows; a row that collides with any unique key is skipped (it was stored before)."""
-    if rows:
+    if not rows:
+        return
+    if session.get_bind().dialect.name == "postgresql":
+        _copy_then_insert(session, table, rows)
+    else:
         session.execute(_dialect_insert(session, table).on_conflict_do_nothing(), list(rows))
+
+
+def _copy_then_insert(session: Session, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
+    # COPY into a per-connection staging table, then one INSERT ... SELECT ... ON CONFLICT: several
+    # times less client CPU than an executemany, which pays SQLAlchemy and psycopg per row.
+    columns = list(rows[0])
+    json_columns = {c.name for c in table.columns if isinstance(c.type, JSON) and c.name in columns}
+    stage = f"_stage_{table.name}"
+    names = ", ".join(f'"{c}"' for c in columns)
+    connection = session.connection()
+    cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    # The staging table lives as long as the database connection; its rows only until commit.
+    if stage not in connection.info.setdefault(STAGING_TABLES, set()):
+        cursor.execute(
+            f'CREATE TEMP TABLE IF NOT EXISTS "{stage}" ON COMMIT DELETE ROWS AS '
+            f'SELECT {names} FROM "{table.name}" WITH NO DATA'
+        )
+        connection.info[STAGING_TABLES].add(stage)
+    with cursor.copy(f'COPY "{stage}" ({names}) FROM STDIN') as copy:
+        for row in rows:
+            copy.write_row([Json(row[c]) if c in json_columns else row[c] for c in columns])
+    cursor.execute(
+        f'INSERT INTO "{table.name}" ({names}) SELECT {names} FROM "{stage}" ON CONFLICT DO NOTHING'
+    )
+    cursor.execute(f'TRUNCATE "{stage}"')
 
 
 def save_offsets(session: Session, group_id: str, next_offsets: Mapping[tuple[str, int], int]) -> None:
@@ -75,26 +106,33 @@ def load_offsets(session: Session, group_id: str, topics: Iterable[str]) -> dict
 
 
 def join_ratings(session: Session, keys: Iterable[TurnKey]) -> None:
-    """Join ratings to their turns for ``keys``: mark ratings whose turn exists, and set each
-    turn's ``satisfaction`` / ``rated_at`` from its latest rating and ``rating_count`` from all."""
+    """Join ratings to their turns for ``keys``: mark the waiting ratings whose turn exists as
+    joined, then recompute ``satisfaction`` / ``rated_at`` (latest rating) and ``rating_count``
+    (all) of exactly the turns that gained a rating."""
     unique_keys = sorted(set(keys))
     for start in range(0, len(unique_keys), _KEYS_PER_STATEMENT):
-        chunk = unique_keys[start : start + _KEYS_PER_STATEMENT]
-        _join_chunk(session, chunk)
+        gained = _mark_joined(session, unique_keys[start : start + _KEYS_PER_STATEMENT])
+        if gained:
+            _recompute_satisfaction(session, gained)
 
 
-def _join_chunk(session: Session, keys: list[TurnKey]) -> None:
-    rating_key = tuple_(RatingRow.conversation_id, RatingRow.turn)
-    turn_key = tuple_(Turn.conversation_id, Turn.turn)
+def _mark_joined(session: Session, keys: list[TurnKey]) -> list[TurnKey]:
     turn_exists = exists().where(
         Turn.conversation_id == RatingRow.conversation_id, Turn.turn == RatingRow.turn
     )
-    session.execute(
+    # Matching on the (indexed) conversation id alone is much faster than a row-value IN, and
+    # harmless: any waiting rating whose turn exists is due to be joined anyway.
+    joined = session.execute(
         update(RatingRow)
-        .where(rating_key.in_(keys), RatingRow.joined.is_(False), turn_exists)
+        .where(RatingRow.conversation_id.in_({c for c, _ in keys}), RatingRow.joined.is_(False), turn_exists)
         .values(joined=True)
+        .returning(RatingRow.conversation_id, RatingRow.turn)
         .execution_options(synchronize_session=False)
     )
+    return sorted({(conversation_id, turn) for conversation_id, turn in joined})
+
+
+def _recompute_satisfaction(session: Session, keys: list[TurnKey]) -> None:
     same_turn = and_(RatingRow.conversation_id == Turn.conversation_id, RatingRow.turn == Turn.turn)
     latest = (
         select(RatingRow.satisfaction, RatingRow.ts)
@@ -104,7 +142,7 @@ def _join_chunk(session: Session, keys: list[TurnKey]) -> None:
     )
     session.execute(
         update(Turn)
-        .where(turn_key.in_(keys))
+        .where(Turn.conversation_id.in_({c for c, _ in keys}), Turn.turn.in_({t for _, t in keys}))
         .values(
             satisfaction=latest.with_only_columns(RatingRow.satisfaction).scalar_subquery(),
             rated_at=latest.with_only_columns(RatingRow.ts).scalar_subquery(),

@@ -76,7 +76,7 @@ def upgrade() -> None:
     sa.Column('domain', sa.String(length=64), nullable=False),
     sa.Column('locale', sa.String(length=32), nullable=True),
     sa.Column('channel', sa.String(length=32), nullable=True),
-    sa.Column('messages', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
+    sa.Column('messages', sa.JSON(), nullable=False),
     sa.Column('prompt', sa.Text(), nullable=False),
     sa.Column('response', sa.Text(), nullable=False),
     sa.Column('producer_reward', sa.Float(), nullable=True),
