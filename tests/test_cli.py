@@ -1,0 +1,168 @@
+"""Every CLI command, run for real as a subprocess (`python -m monitor ...`)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from monitor.broker import free_port
+from monitor.store.migrate import head_revision
+from tests.factories import conversation, wire
+from tests.helpers import counts, produce, read_topic, wait_for
+
+
+def monitor_env(**settings: object) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MONITOR_")}
+    env.update({f"MONITOR_{k.upper()}": str(v) for k, v in settings.items()})
+    return env
+
+
+def run(*args: str, timeout: float = 120, **settings: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "monitor", *args], env=monitor_env(**settings),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_help_lists_every_command() -> None:
+    result = run("--help")
+    assert result.returncode == 0
+    for command in ("serve", "demo", "simulate", "db", "bench"):
+        assert command in result.stdout
+
+
+def test_db_upgrade_then_current(tmp_path) -> None:
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    before = run("db", "current", database_url=url)
+    assert before.returncode == 1 and "none (empty database)" in before.stdout
+    upgraded = run("db", "upgrade", database_url=url)
+    assert upgraded.returncode == 0, upgraded.stderr
+    after = run("db", "current", database_url=url)
+    assert after.returncode == 0
+    assert f"current: {head_revision()}" in after.stdout
+
+
+def test_db_upgrade_on_postgresql(pg_databases) -> None:
+    url = pg_databases()
+    assert run("db", "upgrade", database_url=url).returncode == 0
+    assert run("db", "current", database_url=url).returncode == 0
+
+
+def test_an_unknown_setting_fails_at_start_naming_it() -> None:
+    result = run("serve", batchsize=10)
+    assert result.returncode == 2
+    assert "MONITOR_BATCHSIZE" in result.stderr
+
+
+def test_an_invalid_setting_fails_at_start_naming_it() -> None:
+    result = run("db", "upgrade", batch_size="lots")
+    assert result.returncode == 2
+    assert "MONITOR_BATCH_SIZE" in result.stderr
+
+
+def test_serve_ingests_and_finishes_cleanly_on_sigterm(topic_settings, tmp_path) -> None:
+    url = f"sqlite:///{tmp_path / 'serve.db'}"
+    settings = topic_settings(database_url=url)
+    port = free_port()
+    produce(settings, [(settings.conversations_topic, b"k", wire(conversation(f"s-{i}", 0))) for i in range(20)])
+    process = subprocess.Popen(
+        [sys.executable, "-m", "monitor", "serve"],
+        env=monitor_env(database_url=url, kafka_bootstrap=settings.kafka_bootstrap,
+                        conversations_topic=settings.conversations_topic, ratings_topic=settings.ratings_topic,
+                        dlq_topic=settings.dlq_topic, consumer_group=settings.consumer_group,
+                        session_timeout_ms=6000, max_poll_interval_ms=20000, api_port=port),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        wait_for(lambda: _answers(f"http://127.0.0.1:{port}/healthz"), timeout=60, what="the API")
+        wait_for(lambda: counts(url).turns == 20, timeout=60, what="20 turns")
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/conversations/s-3").json()["turns"][0]["turn"] == 0
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0
+    assert '"msg": "ingest loop stopped"' in stderr and '"msg": "service stopped"' in stderr
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_simulate_produces_valid_events(topic_settings) -> None:
+    settings = topic_settings()
+    result = run("simulate", "--rate", "50", "--duration", "2", "--seed", "4", "--fast",
+                 kafka_bootstrap=settings.kafka_bootstrap, conversations_topic=settings.conversations_topic,
+                 ratings_topic=settings.ratings_topic)
+    assert result.returncode == 0, result.stderr
+    produced = re.search(r"produced (\d+) conversation events and (\d+) ratings", result.stdout)
+    assert produced
+    n_conversations = int(produced.group(1))
+    assert 50 <= n_conversations <= 150
+    messages = read_topic(settings, settings.conversations_topic, expected=n_conversations)
+    assert len(messages) == n_conversations
+    assert {m["schema"] for m in messages} == {"conversation/v1"}
+
+
+def test_simulate_rejects_bad_arguments() -> None:
+    result = run("simulate", "--rate", "0")
+    assert result.returncode == 2
+
+
+def test_simulate_reports_an_unreachable_broker() -> None:
+    result = run("simulate", "--duration", "1", "--fast", kafka_bootstrap=f"127.0.0.1:{free_port()}")
+    assert result.returncode == 1
+    assert "cannot reach Kafka" in result.stderr
+
+
+@pytest.mark.slow
+def test_demo_runs_everything_and_stops_cleanly(tmp_path) -> None:
+    api_port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "monitor", "demo", "--rate", "40"],
+        env=monitor_env(api_port=api_port), cwd=tmp_path,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        wait_for(lambda: _answers(f"http://127.0.0.1:{api_port}/readyz"), timeout=90, what="a ready demo")
+        url = f"sqlite:///{tmp_path / 'monitor.db'}"  # the embedded default, in the working directory
+        wait_for(lambda: counts(url).turns >= 40 and counts(url).ratings_joined > 0, timeout=60,
+                 what="simulated traffic in the store")
+        metrics = httpx.get(f"http://127.0.0.1:{api_port}/metrics").text
+        assert 'monitor_messages_consumed_total{topic="conversations"}' in metrics
+        process.send_signal(signal.SIGINT)  # Ctrl-C
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, stderr[-2000:]
+    assert f"http://127.0.0.1:{api_port}" in stderr
+    assert "metrics" in stderr and "demo stopped cleanly" in stderr
+
+
+def test_demo_with_a_duration_stops_by_itself(tmp_path) -> None:
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "monitor", "demo", "--duration", "6", "--rate", "20"],
+                            env=monitor_env(api_port=free_port()), cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "demo stopped cleanly" in result.stderr
+    assert time.monotonic() - started < 60
+    assert counts(f"sqlite:///{tmp_path / 'monitor.db'}").turns > 20
+
+
+def test_bench_ingest_prints_both_rates_and_the_ratio(pg_databases) -> None:
+    result = run("bench", "ingest", "--events", "2000", "--database-url", pg_databases(), timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert re.search(r"\(a\) bare kafka-python loop\s+[\d,]+ events/s", result.stdout)
+    assert re.search(r"\(b\) monitor ingest -> postgresql\s*[\d,]+ events/s", result.stdout)
+    assert re.search(r"ratio \(b\)/\(a\)\s+\d+\.\d\d", result.stdout)
