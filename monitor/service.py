@@ -12,13 +12,14 @@ import threading
 from collections.abc import Callable, Mapping
 
 from prometheus_client import CollectorRegistry
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from monitor.api.app import create_app
 from monitor.api.context import AppContext
 from monitor.api.server import ApiServer
 from monitor.config import Settings
-from monitor.errors import BrokerUnavailable
+from monitor.errors import BrokerUnavailable, StoreUnavailable
 from monitor.ingest.dead_letters import DeadLetterPublisher
 from monitor.ingest.health import HealthState
 from monitor.ingest.loop import IngestLoop
@@ -42,13 +43,17 @@ def offsets_from_store(sessions: sessionmaker[Session], group_id: str) -> Callab
 
 
 def prepare_database(settings: Settings) -> None:
-    if settings.db_auto_upgrade:
-        upgrade(settings.database_url)
-    elif not is_at_head(settings.database_url):
-        raise SystemExit(
-            "the database schema is not at the latest migration: run `monitor db upgrade` "
-            "(or set MONITOR_DB_AUTO_UPGRADE=true)"
-        )
+    """Migrate the store to head (or check it is there); raise :class:`StoreUnavailable`."""
+    try:
+        if settings.db_auto_upgrade:
+            upgrade(settings.database_url)
+        elif not is_at_head(settings.database_url):
+            raise StoreUnavailable(
+                "the database schema is not at the latest migration: run `monitor db upgrade` "
+                "(or set MONITOR_DB_AUTO_UPGRADE=true)"
+            )
+    except SQLAlchemyError as exc:
+        raise StoreUnavailable(f"cannot prepare the database at {settings.database_url}: {exc}") from exc
 
 
 def install_stop_signals(stop: threading.Event) -> None:

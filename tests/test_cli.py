@@ -166,3 +166,15 @@ def test_bench_ingest_prints_both_rates_and_the_ratio(pg_databases) -> None:
     assert re.search(r"\(a\) bare kafka-python loop\s+[\d,]+ events/s", result.stdout)
     assert re.search(r"\(b\) monitor ingest -> postgresql\s*[\d,]+ events/s", result.stdout)
     assert re.search(r"ratio \(b\)/\(a\)\s+\d+\.\d\d", result.stdout)
+
+
+def test_serve_reports_an_unreachable_database() -> None:
+    result = run("serve", database_url=f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere")
+    assert result.returncode == 1
+    assert "error: cannot prepare the database" in result.stderr
+
+
+def test_serve_refuses_an_outdated_schema_without_auto_upgrade(tmp_path) -> None:
+    result = run("serve", database_url=f"sqlite:///{tmp_path / 'old.db'}", db_auto_upgrade="false")
+    assert result.returncode == 1
+    assert "run `monitor db upgrade`" in result.stderr
