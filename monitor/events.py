@@ -68,14 +68,19 @@ class Segment(_Strict):
     channel: Annotated[str, StringConstraints(min_length=1, max_length=32)] | None = None
 
 
-class ConversationEvent(_Strict):
-    """One assistant turn. The last message is the assistant response under watch."""
+class _TurnEvent(_Strict):
+    """Fields both topics share: the event's identity and the assistant turn it is about."""
 
-    schema_: Literal["conversation/v1"] = Field(alias="schema")
     event_id: uuid.UUID
     conversation_id: Id
     turn: Annotated[int, Field(ge=0, le=MAX_TURN)]
     ts: AwareDatetime
+
+
+class ConversationEvent(_TurnEvent):
+    """One assistant turn. The last message is the assistant response under watch."""
+
+    schema_: Literal["conversation/v1"] = Field(alias="schema")
     model_version: Annotated[str, StringConstraints(min_length=1, max_length=128)]
     messages: Annotated[list[Message], Field(min_length=1, max_length=MAX_MESSAGES)]
     segment: Segment
@@ -136,14 +141,10 @@ class ScoreRating(_Strict):
 Rating = Annotated[ThumbsRating | StarsRating | ScoreRating, Field(discriminator="kind")]
 
 
-class RatingEvent(_Strict):
+class RatingEvent(_TurnEvent):
     """A user's rating of one assistant turn; may arrive before the turn itself."""
 
     schema_: Literal["rating/v1"] = Field(alias="schema")
-    event_id: uuid.UUID
-    conversation_id: Id
-    turn: Annotated[int, Field(ge=0, le=MAX_TURN)]
-    ts: AwareDatetime
     rating: Rating
     reasons: Annotated[list[Annotated[str, StringConstraints(max_length=64)]], Field(max_length=32)] = []
     comment: Annotated[str, StringConstraints(max_length=10_000)] | None = None

@@ -88,12 +88,16 @@ def test_random_sigkills_leave_the_same_store_as_a_clean_run(topic_settings, pg_
     clean_url, crash_url = pg_databases(), pg_databases()
     upgrade(clean_url)
     upgrade(crash_url)
-    clean = serve(settings, "clean-run", clean_url)
-    try:
-        wait_for(lambda: done(clean_url), timeout=180, interval=0.5, what="the clean run to finish")
-    finally:
-        clean.send_signal(signal.SIGTERM)
-        assert clean.wait(30) == 0
+
+    def run_to_completion(group: str, url: str) -> None:
+        process = serve(settings, group, url)
+        try:
+            wait_for(lambda: done(url), timeout=180, interval=0.5, what=f"{group} to finish")
+        finally:
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(30) == 0
+
+    run_to_completion("clean-run", clean_url)
 
     progress_at_kills = []
     for _ in range(KILLS):
@@ -109,11 +113,6 @@ def test_random_sigkills_leave_the_same_store_as_a_clean_run(topic_settings, pg_
     assert all(0 < turns < n_turns for turns in progress_at_kills), progress_at_kills
     assert len(set(progress_at_kills)) == KILLS  # every kill landed at a different point
 
-    final = serve(settings, "crash-run", crash_url)
-    try:
-        wait_for(lambda: done(crash_url), timeout=180, interval=0.5, what="the restarted run to finish")
-    finally:
-        final.send_signal(signal.SIGTERM)
-        assert final.wait(30) == 0
+    run_to_completion("crash-run", crash_url)
 
     assert snapshot(crash_url) == snapshot(clean_url)

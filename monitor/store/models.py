@@ -73,7 +73,16 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
-class Turn(Base):
+class _FromKafka:
+    """Where an event row was consumed from, and when."""
+
+    source_topic: Mapped[str] = mapped_column(String(256))
+    source_partition: Mapped[int] = mapped_column(Integer)
+    source_offset: Mapped[int] = mapped_column(BigInteger)
+    ingested_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Turn(_FromKafka, Base):
     __tablename__ = "turns"
     __table_args__ = (
         UniqueConstraint("conversation_id", "turn"),
@@ -100,13 +109,9 @@ class Turn(Base):
     satisfaction: Mapped[float | None] = mapped_column(Float)
     rating_count: Mapped[int] = mapped_column(Integer, default=0)
     rated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    source_topic: Mapped[str] = mapped_column(String(256))
-    source_partition: Mapped[int] = mapped_column(Integer)
-    source_offset: Mapped[int] = mapped_column(BigInteger)
-    ingested_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
-class RatingRow(Base):
+class RatingRow(_FromKafka, Base):
     __tablename__ = "ratings"
     __table_args__ = (Index("ix_ratings_conversation_turn", "conversation_id", "turn"),)
 
@@ -121,10 +126,6 @@ class RatingRow(Base):
     reasons: Mapped[list] = mapped_column(Json)
     comment: Mapped[str | None] = mapped_column(Text)
     joined: Mapped[bool] = mapped_column(Boolean, default=False)
-    source_topic: Mapped[str] = mapped_column(String(256))
-    source_partition: Mapped[int] = mapped_column(Integer)
-    source_offset: Mapped[int] = mapped_column(BigInteger)
-    ingested_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class ConsumerOffset(Base):
