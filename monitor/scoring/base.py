@@ -19,6 +19,8 @@ from monitor.events import ConversationEvent
 class ScoreOutcome:
     score: float | None
     error: str | None = None
+    #: The input was cut to fit the model (the response is always kept when it fits alone).
+    truncated: bool = False
 
 
 @runtime_checkable
