@@ -42,6 +42,22 @@ class Settings(BaseSettings):
     retry_backoff_seconds: float = Field(default=1.0, gt=0)
     retry_backoff_max_seconds: float = Field(default=30.0, gt=0)
 
+    rm_model: str | None = Field(
+        default=None, description="Reward model: a local directory or a hub id; unset: use producer rewards."
+    )
+    rm_revision: str | None = None
+    rm_label_index: int = Field(default=0, ge=0)
+    rm_device: str = "auto"
+    rm_dtype: str = "auto"
+    rm_max_length: PositiveInt | None = None
+    rm_max_batch_tokens: PositiveInt = 16_384
+    rm_strategy: str = "auto"
+    rm_cache_size: int = Field(default=10_000, ge=0)
+    rm_url: str | None = Field(default=None, description="A remote scoring endpoint (see monitor.scoring.server).")
+    rm_timeout_seconds: float = Field(default=30.0, gt=0)
+    rm_retries: int = Field(default=3, ge=0)
+    rm_max_concurrency: PositiveInt = 4
+
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=0, le=65535)
 
@@ -62,6 +78,27 @@ class Settings(BaseSettings):
             host, sep, port = server.strip().rpartition(":")
             if not sep or not host or not port.isdigit():
                 raise ValueError(f"expected host:port[,host:port...], got {value!r}")
+        return value
+
+    @field_validator("rm_device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if value.split(":")[0] not in ("auto", "cpu", "cuda", "mps"):
+            raise ValueError("must be one of auto, cpu, cuda, cuda:N, mps")
+        return value
+
+    @field_validator("rm_dtype")
+    @classmethod
+    def _known_dtype(cls, value: str) -> str:
+        if value not in ("auto", "float32", "bfloat16", "float16"):
+            raise ValueError("must be one of auto, float32, bfloat16, float16")
+        return value
+
+    @field_validator("rm_strategy")
+    @classmethod
+    def _known_strategy(cls, value: str) -> str:
+        if value not in ("auto", "single", "bucketed"):
+            raise ValueError("must be one of auto, single, bucketed")
         return value
 
     @property

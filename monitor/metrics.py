@@ -68,12 +68,48 @@ class Metrics:
         self.store_up = Gauge(
             "monitor_store_up", "1 when the database answered the last write or probe.", registry=registry
         )
+        self.scoring_duration = Histogram(
+            "monitor_scoring_duration_seconds",
+            "Wall time the scorer took for one batch of responses.",
+            # A CPU scores ~100 short responses/s with a small RM; the top buckets show a model or
+            # remote endpoint too slow for the traffic.
+            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=registry,
+        )
+        self.scored_sequences = Counter(
+            "monitor_scored_sequences_total", "Responses run through the reward model (cache hits excluded).",
+            registry=registry,
+        )
+        self.scored_tokens = Counter(
+            "monitor_scored_tokens_total", "Tokens run through the reward model, padding excluded.",
+            registry=registry,
+        )
+        self.scoring_padding = Gauge(
+            "monitor_scoring_padding_ratio", "Share of padding tokens in the last scored batch (0..1).",
+            registry=registry,
+        )
+        self.scoring_errors = Counter(
+            "monitor_scoring_errors_total", "Responses the scorer could not score (empty text, tokenizer error).",
+            registry=registry,
+        )
+        self.reward_model = Gauge(
+            "monitor_reward_model_info",
+            "Constant 1, labelled with the identity of the scorer in use (kind:model@revision).",
+            ["identity"],
+            registry=registry,
+        )
         for kind in EVENT_KINDS:
             self.events_accepted.labels(kind=kind)
         for reason in DEAD_LETTER_REASONS:
             self.dead_letters.labels(reason=reason)
         for stage in FAILURE_STAGES:
             self.batch_failures.labels(stage=stage)
+
+    def set_reward_model(self, identity: str) -> None:
+        """Show exactly one identity: a scorer that changes its model (a remote endpoint swapping
+        its RM) replaces the old series instead of adding a second one."""
+        self.reward_model.clear()
+        self.reward_model.labels(identity=identity).set(1)
 
     def init_topics(self, topics: tuple[str, ...]) -> None:
         """Expose zero-valued series for the configured topics before any record arrives."""

@@ -25,7 +25,8 @@ from monitor.ingest.health import HealthState
 from monitor.ingest.loop import IngestLoop
 from monitor.ingest.source import KafkaEventSource, Position
 from monitor.metrics import Metrics
-from monitor.scoring.base import ProducerRewardScorer, Scorer
+from monitor.scoring.base import Scorer
+from monitor.scoring.factory import build_scorer
 from monitor.store.db import make_engine, make_session_factory
 from monitor.store.migrate import is_at_head, upgrade
 from monitor.store.writes import load_offsets
@@ -74,13 +75,15 @@ def run_service(
 ) -> None:
     """Run ingest and the API until ``stop`` is set. Blocks."""
     prepare_database(settings)
+    scorer = scorer or build_scorer(settings)
+    log.info("scorer ready", extra={"scorer": scorer.identity})
     engine = make_engine(settings.database_url)
     sessions = make_session_factory(engine)
     registry = CollectorRegistry()
     metrics = Metrics(registry)
     health = HealthState()
     api = ApiServer(
-        create_app(AppContext(settings, engine, sessions, health, registry)), settings.api_host, settings.api_port
+        create_app(AppContext(settings, engine, sessions, health, registry, scorer)), settings.api_host, settings.api_port
     )
     api.start()
     log.info("API listening", extra={"url": api.url})
@@ -95,7 +98,7 @@ def run_service(
             settings,
             source=source,
             sessions=sessions,
-            scorer=scorer or ProducerRewardScorer(),
+            scorer=scorer,
             dead_letter_sink=dlq,
             metrics=metrics,
             health=health,

@@ -11,6 +11,7 @@ from sqlalchemy import select
 
 from monitor.ingest.decode import decode_batch, rating_row, turn_row
 from monitor.ingest.records import KafkaRecord
+from monitor.scoring.base import ScoreOutcome
 from monitor.store.db import make_engine, make_session_factory
 from monitor.store.migrate import current_revision, head_revision, is_at_head
 from monitor.store.models import Base, ConsumerOffset, DeadLetter, RatingRow, Turn
@@ -41,7 +42,7 @@ def write(sessions, recs: list[KafkaRecord], group: str = "g") -> None:
         write_ingest_batch(
             session,
             group_id=group,
-            turns=[turn_row(r, e, e.reward, "producer", None, NOW) for r, e in batch.conversations],
+            turns=[turn_row(r, e, ScoreOutcome(e.reward), "producer", NOW) for r, e in batch.conversations],
             ratings=[rating_row(r, e, NOW) for r, e in batch.ratings],
             dead_letters=[d.row(NOW) for d in batch.dead_letters],
             next_offsets=batch.next_offsets,
@@ -144,7 +145,7 @@ def test_a_failed_transaction_leaves_neither_rows_nor_offsets(sessions) -> None:
     with pytest.raises(RuntimeError):
         with sessions.begin() as session:
             write_ingest_batch(session, group_id="g",
-                               turns=[turn_row(r, e, None, "producer", None, NOW) for r, e in batch.conversations],
+                               turns=[turn_row(r, e, ScoreOutcome(None), "producer", NOW) for r, e in batch.conversations],
                                ratings=[], dead_letters=[], next_offsets=batch.next_offsets)
             raise RuntimeError("crash before commit")
     assert snapshot(sessions)["turns"] == []
@@ -161,7 +162,7 @@ def test_a_rolled_back_batch_does_not_break_the_next_one(sessions) -> None:
             recs = records(conversation("c-1", 0))
             batch = decode_batch(recs, conversations_topic="conversations", ratings_topic="ratings")
             write_ingest_batch(session, group_id="g",
-                               turns=[turn_row(r, e, None, "producer", None, NOW) for r, e in batch.conversations],
+                               turns=[turn_row(r, e, ScoreOutcome(None), "producer", NOW) for r, e in batch.conversations],
                                ratings=[], dead_letters=[], next_offsets=batch.next_offsets)
             raise RuntimeError("crash before commit")
     write(sessions, records(conversation("c-2", 0)))

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from monitor.config import Settings
 from monitor.ingest.health import HealthState
+from monitor.scoring.base import Scorer
 
 
 @dataclass
@@ -19,3 +20,4 @@ class AppContext:
     sessions: sessionmaker[Session]
     health: HealthState
     registry: CollectorRegistry
+    scorer: Scorer

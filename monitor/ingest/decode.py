@@ -13,6 +13,7 @@ from typing import Any
 from monitor.errors import InvalidEvent
 from monitor.events import ConversationEvent, RatingEvent, parse_conversation, parse_rating
 from monitor.ingest.records import KafkaRecord
+from monitor.scoring.base import ScoreOutcome
 
 
 @dataclass
@@ -83,8 +84,8 @@ def decode_batch(records: list[KafkaRecord], *, conversations_topic: str, rating
     return batch
 
 
-def turn_row(record: KafkaRecord, event: ConversationEvent, score: float | None, scorer: str,
-             score_error: str | None, ingested_at: datetime) -> dict[str, Any]:
+def turn_row(record: KafkaRecord, event: ConversationEvent, outcome: ScoreOutcome, scorer: str,
+             ingested_at: datetime) -> dict[str, Any]:
     return {
         "event_id": event.event_id,
         "conversation_id": event.conversation_id,
@@ -98,9 +99,10 @@ def turn_row(record: KafkaRecord, event: ConversationEvent, score: float | None,
         "prompt": event.prompt,
         "response": event.response,
         "producer_reward": event.reward,
-        "score": score,
+        "score": outcome.score,
         "scorer": scorer,
-        "score_error": score_error,
+        "score_error": outcome.error,
+        "score_truncated": outcome.truncated,
         "satisfaction": None,
         "rating_count": 0,
         "rated_at": None,

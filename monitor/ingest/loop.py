@@ -41,7 +41,7 @@ from monitor.ingest.health import HealthState
 from monitor.ingest.records import KafkaRecord
 from monitor.ingest.source import EventSource
 from monitor.metrics import Metrics
-from monitor.scoring.base import Scorer
+from monitor.scoring.base import ScoreOutcome, Scorer, ScoringStats
 from monitor.store.models import utcnow
 from monitor.store.writes import write_ingest_batch
 
@@ -96,6 +96,8 @@ class IngestLoop:
         self._next_lag_refresh = 0.0
         self._backoff = settings.retry_backoff_seconds
         self._in_flight: _InFlight | None = None
+        self._reward_model_shown = scorer.identity
+        metrics.set_reward_model(scorer.identity)
         metrics.init_topics(settings.topics + (settings.dlq_topic,))
 
     def run(self, stop: threading.Event) -> None:
@@ -172,14 +174,10 @@ class IngestLoop:
     def _write(self, batch: DecodedBatch) -> None:
         received_at = utcnow()
         events: list[ConversationEvent] = [event for _, event in batch.conversations]
-        try:
-            outcomes = self._scorer.score(events) if events else []
-            if len(outcomes) != len(events):
-                raise ScoringError(f"scorer returned {len(outcomes)} outcomes for {len(events)} events")
-        except Exception as exc:
-            raise BatchFailed("scoring", exc) from exc
+        outcomes = self._score(events)
+        identity = self._scorer.identity
         turns = [
-            turn_row(record, event, outcome.score, self._scorer.identity, outcome.error, received_at)
+            turn_row(record, event, outcome, identity, received_at)
             for (record, event), outcome in zip(batch.conversations, outcomes, strict=True)
         ]
         ratings = [rating_row(record, event, received_at) for record, event in batch.ratings]
@@ -204,6 +202,29 @@ class IngestLoop:
             raise BatchFailed("store", exc) from exc
         self._health.mark_store(True)
         self._metrics.store_up.set(1)
+
+    def _score(self, events: list[ConversationEvent]) -> list[ScoreOutcome]:
+        if not events:
+            return []
+        started = time.perf_counter()
+        try:
+            outcomes = self._scorer.score(events)
+            if len(outcomes) != len(events):
+                raise ScoringError(f"scorer returned {len(outcomes)} outcomes for {len(events)} events")
+        except Exception as exc:
+            raise BatchFailed("scoring", exc) from exc
+        metrics = self._metrics
+        metrics.scoring_duration.observe(time.perf_counter() - started)
+        metrics.scoring_errors.inc(sum(outcome.error is not None for outcome in outcomes))
+        stats = getattr(self._scorer, "stats", None)
+        if isinstance(stats, ScoringStats):
+            metrics.scored_sequences.inc(stats.sequences)
+            metrics.scored_tokens.inc(stats.tokens)
+            metrics.scoring_padding.set(stats.padding_ratio)
+        if self._scorer.identity != self._reward_model_shown:
+            self._reward_model_shown = self._scorer.identity
+            metrics.set_reward_model(self._scorer.identity)
+        return outcomes
 
     def _record(self, batch: DecodedBatch, seconds: float) -> None:
         metrics = self._metrics

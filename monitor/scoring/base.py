@@ -23,6 +23,24 @@ class ScoreOutcome:
     truncated: bool = False
 
 
+@dataclass
+class ScoringStats:
+    """What a scorer's last call did (scorers that run a model expose it as ``.stats``)."""
+
+    sequences: int = 0
+    tokens: int = 0
+    padded_tokens: int = 0
+    forwards: int = 0
+    cache_hits: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+
+    @property
+    def padding_ratio(self) -> float:
+        total = self.tokens + self.padded_tokens
+        return self.padded_tokens / total if total else 0.0
+
+
 @runtime_checkable
 class Scorer(Protocol):
     #: Provenance stored with every score (``kind:model@revision``), so scores of two reward

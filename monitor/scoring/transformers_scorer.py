@@ -22,7 +22,6 @@ import os
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from monitor.errors import ScoringError
 from monitor.events import ConversationEvent
-from monitor.scoring.base import ScoreOutcome
+from monitor.scoring.base import ScoreOutcome, ScoringStats
 from monitor.scoring.batching import Encoded, plan_batches
 from monitor.scoring.formatting import plain_pair
 
@@ -40,24 +39,6 @@ Conversation = Sequence[Mapping[str, str]]
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 STRATEGIES = ("auto", "single", "bucketed")
-
-
-@dataclass
-class ScoringStats:
-    """What the last call to :meth:`TransformersScorer.score_conversations` did."""
-
-    sequences: int = 0
-    tokens: int = 0
-    padded_tokens: int = 0
-    forwards: int = 0
-    cache_hits: int = 0
-    errors: int = 0
-    seconds: float = 0.0
-
-    @property
-    def padding_ratio(self) -> float:
-        total = self.tokens + self.padded_tokens
-        return self.padded_tokens / total if total else 0.0
 
 
 def resolve_device(device: str) -> torch.device:

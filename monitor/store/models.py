@@ -27,6 +27,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     Uuid,
+    false,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -106,6 +107,7 @@ class Turn(_FromKafka, Base):
     score: Mapped[float | None] = mapped_column(Float)
     scorer: Mapped[str | None] = mapped_column(String(256))
     score_error: Mapped[str | None] = mapped_column(Text)
+    score_truncated: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     satisfaction: Mapped[float | None] = mapped_column(Float)
     rating_count: Mapped[int] = mapped_column(Integer, default=0)
     rated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

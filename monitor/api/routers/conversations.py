@@ -46,6 +46,7 @@ class TurnOut(BaseModel):
     reward: float | None
     scorer: str | None
     score_error: str | None
+    score_truncated: bool
     satisfaction: float | None
     rating_count: int
     #: ``rated``: at least one rating joined; ``awaiting_rating``: none yet.
@@ -57,7 +58,7 @@ class TurnOut(BaseModel):
             turn=row.turn, event_id=str(row.event_id), ts=row.ts, model_version=row.model_version,
             segment={"domain": row.domain, "locale": row.locale, "channel": row.channel},
             prompt=row.prompt, response=row.response, reward=row.score, scorer=row.scorer,
-            score_error=row.score_error, satisfaction=row.satisfaction, rating_count=row.rating_count,
+            score_error=row.score_error, score_truncated=row.score_truncated, satisfaction=row.satisfaction, rating_count=row.rating_count,
             status="rated" if row.rating_count else "awaiting_rating",
         )
 

@@ -21,7 +21,8 @@ def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 def readyz(context: ContextDep) -> JSONResponse:
-    """Ready only while both the database and the Kafka broker are reachable (503 otherwise)."""
+    """Ready only while the database, the Kafka broker and (for a remote reward model) the scoring
+    endpoint are reachable (503 otherwise)."""
     checks: dict[str, dict[str, object]] = {}
     try:
         ping(context.engine)
@@ -29,6 +30,9 @@ def readyz(context: ContextDep) -> JSONResponse:
     except StoreUnavailable as exc:
         checks["database"] = {"ok": False, "error": str(exc)}
     health = context.health
+    scorer_ping = getattr(context.scorer, "ping", None)
+    if callable(scorer_ping):
+        checks["scorer"] = {"ok": bool(scorer_ping()), "identity": context.scorer.identity}
     checks["broker"] = {"ok": health.broker_ok, **({"error": health.broker_error} if health.broker_error else {})}
     ready = all(check["ok"] for check in checks.values())
     body = {
@@ -37,6 +41,12 @@ def readyz(context: ContextDep) -> JSONResponse:
         "last_batch_at": health.last_batch_at.isoformat() if health.last_batch_at else None,
     }
     return JSONResponse(body, status_code=200 if ready else 503)
+
+
+@router.get("/v1/reward-model")
+def reward_model(context: ContextDep) -> dict[str, str]:
+    """Which scorer scores new responses (``kind:model@revision``); each stored turn keeps its own."""
+    return {"identity": context.scorer.identity}
 
 
 @router.get("/metrics")

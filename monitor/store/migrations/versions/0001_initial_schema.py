@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 import monitor.store.models
+
 from sqlalchemy.dialects import postgresql
 
 revision = '0001'

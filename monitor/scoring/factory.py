@@ -1,0 +1,32 @@
+"""`build_scorer`: the scorer the settings ask for.
+
+``MONITOR_RM_URL`` → :class:`~monitor.scoring.remote.RemoteScorer`; ``MONITOR_RM_MODEL`` →
+:class:`~monitor.scoring.transformers_scorer.TransformersScorer`; neither → the producer-side
+``reward`` of each event (:class:`~monitor.scoring.base.ProducerRewardScorer`).
+"""
+
+from __future__ import annotations
+
+from monitor.config import Settings
+from monitor.errors import ConfigError
+from monitor.scoring.base import ProducerRewardScorer, Scorer
+
+
+def build_scorer(settings: Settings) -> Scorer:
+    if settings.rm_url and settings.rm_model:
+        raise ConfigError("set MONITOR_RM_MODEL (score here) or MONITOR_RM_URL (score remotely), not both")
+    if settings.rm_url:
+        from monitor.scoring.remote import RemoteScorer
+
+        return RemoteScorer(settings.rm_url, timeout_s=settings.rm_timeout_seconds, retries=settings.rm_retries,
+                            max_concurrency=settings.rm_max_concurrency)
+    if settings.rm_model:
+        from monitor.scoring.transformers_scorer import TransformersScorer
+
+        return TransformersScorer(
+            settings.rm_model, revision=settings.rm_revision, label_index=settings.rm_label_index,
+            device=settings.rm_device, dtype=settings.rm_dtype, max_length=settings.rm_max_length,
+            max_batch_tokens=settings.rm_max_batch_tokens, strategy=settings.rm_strategy,
+            cache_size=settings.rm_cache_size,
+        )
+    return ProducerRewardScorer()
