@@ -14,7 +14,9 @@ app = typer.Typer(help="Watch an RLHF assistant and catch its reward model diver
                   no_args_is_help=True, add_completion=False)
 db_app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
 bench_app = typer.Typer(help="Benchmarks that print throughput ratios.", no_args_is_help=True)
+rm_app = typer.Typer(help="Reward models: the bundled demo RM and a scoring server.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.add_typer(rm_app, name="rm")
 app.add_typer(bench_app, name="bench")
 
 
@@ -93,6 +95,51 @@ def demo(
         raise _fail(exc) from exc
 
 
+@rm_app.command("build-demo")
+def rm_build_demo(
+    path: Annotated[str, typer.Argument(help="Directory to write the model to.")],
+    bias: Annotated[float, typer.Option(help="How much the labelers over-reward long, formatted, flattering answers.", min=0)] = 1.0,
+    pairs: Annotated[int, typer.Option(help="Preference pairs to train on.", min=10)] = 2000,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Build the demo reward model (MiniLM encoder + Bradley-Terry head) into PATH."""
+    from monitor.scoring.demo_rm import build_demo_reward_model
+
+    report = build_demo_reward_model(path, bias=bias, pairs=pairs, seed=seed,
+                                     progress=lambda line: typer.echo(line, err=True))
+    typer.echo(f"demo reward model in {report.path}: {report.pairs} pairs, train accuracy "
+               f"{report.train_accuracy:.1%}, held-out accuracy {report.heldout_accuracy:.1%}, "
+               f"{report.seconds:.0f} s")
+
+
+@rm_app.command("serve")
+def rm_serve(
+    host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.", min=0, max=65535)] = 8100,
+) -> None:
+    """Serve MONITOR_RM_MODEL over HTTP (POST /v1/score) for `MONITOR_RM_URL` elsewhere."""
+    import uvicorn
+
+    from monitor.scoring.server import create_scoring_app
+    from monitor.scoring.transformers_scorer import TransformersScorer
+
+    settings = _settings()
+    if not settings.rm_model:
+        typer.echo("error: set MONITOR_RM_MODEL to the reward model to serve", err=True)
+        raise typer.Exit(2)
+    try:
+        scorer = TransformersScorer(
+            settings.rm_model, revision=settings.rm_revision, label_index=settings.rm_label_index,
+            device=settings.rm_device, dtype=settings.rm_dtype, max_length=settings.rm_max_length,
+            max_batch_tokens=settings.rm_max_batch_tokens, strategy=settings.rm_strategy,
+            cache_size=settings.rm_cache_size,
+        )
+    except MonitorError as exc:
+        raise _fail(exc) from exc
+    typer.echo(f"serving {scorer.identity} on http://{host}:{port}/v1/score", err=True)
+    uvicorn.run(create_scoring_app(scorer), host=host, port=port, log_level="warning")
+
+
 @db_app.command("upgrade")
 def db_upgrade(revision: Annotated[str, typer.Argument(help="Target revision.")] = "head") -> None:
     """Migrate the database at MONITOR_DATABASE_URL to the latest schema."""
@@ -143,4 +190,19 @@ def bench_ingest(
                                       echo=typer.echo)
     except MonitorError as exc:
         raise _fail(exc) from exc
+    typer.echo(result.report())
+
+
+@bench_app.command("scoring")
+def bench_scoring(
+    model: Annotated[str | None, typer.Option(help="RM directory; default: the demo RM (built once).")] = None,
+    count: Annotated[int, typer.Option(help="Conversations to score on every path.", min=10)] = 300,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+) -> None:
+    """Our scoring path vs a naive loop and a bare length-bucketed forward, same texts."""
+    from monitor.bench.scoring import run_scoring_benchmark
+    from monitor.scoring.demo_rm import ensure_demo_reward_model
+
+    path = model or str(ensure_demo_reward_model(progress=lambda line: typer.echo(line, err=True)))
+    result = run_scoring_benchmark(path, count=count, device=device, echo=lambda line: typer.echo(line, err=True))
     typer.echo(result.report())

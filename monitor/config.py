@@ -55,8 +55,8 @@ class Settings(BaseSettings):
     rm_cache_size: int = Field(default=10_000, ge=0)
     rm_url: str | None = Field(default=None, description="A remote scoring endpoint (see monitor.scoring.server).")
     rm_timeout_seconds: float = Field(default=30.0, gt=0)
-    rm_retries: int = Field(default=3, ge=0)
-    rm_max_concurrency: PositiveInt = 4
+    rm_retries: int = Field(default=3, ge=0, le=20)
+    rm_max_concurrency: int = Field(default=4, ge=1, le=64)
 
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=0, le=65535)

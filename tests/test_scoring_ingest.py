@@ -62,3 +62,36 @@ def test_build_scorer_follows_the_settings(topic_settings, rm_dir) -> None:
     assert isinstance(build_scorer(Settings(rm_model=str(rm_dir))), TransformersScorer)
     with pytest.raises(ConfigError, match="not both"):
         build_scorer(Settings(rm_model=str(rm_dir), rm_url="http://127.0.0.1:1/v1/score"))
+
+
+def test_an_unreachable_remote_scorer_holds_ingest_back_and_loses_nothing(topic_settings, tmp_path, rm_dir) -> None:
+    from monitor.api.server import ApiServer
+    from monitor.broker import free_port
+    from monitor.scoring.server import create_scoring_app
+
+    port = free_port()
+    url = f"sqlite:///{tmp_path / 'remote.db'}"
+    settings = topic_settings(database_url=url, rm_url=f"http://127.0.0.1:{port}", rm_retries=1,
+                              rm_timeout_seconds=2, retry_backoff_seconds=0.2, retry_backoff_max_seconds=0.5)
+    events = [conversation(f"r-{i}", 0, response=f"Remote answer {i}") for i in range(10)]
+    produce(settings, [(settings.conversations_topic, e["conversation_id"].encode(), wire(e)) for e in events])
+    with ServiceThread(settings) as service:
+        ready = httpx.get(f"{service.url}/readyz", timeout=10)
+        assert ready.status_code == 503 and ready.json()["checks"]["scorer"] == {"ok": False}
+        wait_for(lambda: 'monitor_batch_failures_total{stage="scoring"} 0.0' not in httpx.get(f"{service.url}/metrics").text,
+                 what="a failed scoring batch")
+        assert counts(url).turns == 0  # nothing stored (and no offsets committed) while scoring is down
+        server = ApiServer(create_scoring_app(TransformersScorer(str(rm_dir))), "127.0.0.1", port)
+        server.start()
+        try:
+            wait_for(lambda: counts(url).turns == 10, what="all turns once the scorer is back")
+            wait_for(lambda: httpx.get(f"{service.url}/readyz").status_code == 200, what="readiness")
+        finally:
+            server.stop()
+    engine = make_engine(url)
+    with make_session_factory(engine)() as session:
+        scorers = set(session.scalars(select(Turn.scorer)))
+        scores = list(session.scalars(select(Turn.score)))
+    engine.dispose()
+    assert scorers == {f"remote:{TransformersScorer(str(rm_dir)).identity}"}
+    assert all(score is not None for score in scores)

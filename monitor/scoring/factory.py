@@ -13,6 +13,15 @@ from monitor.scoring.base import ProducerRewardScorer, Scorer
 
 
 def build_scorer(settings: Settings) -> Scorer:
+    """Raise :class:`ConfigError` for settings the scorer rejects, :class:`ScoringError` for a
+    model that cannot be loaded."""
+    try:
+        return _build(settings)
+    except ValueError as exc:
+        raise ConfigError(f"invalid reward-model setting: {exc}") from exc
+
+
+def _build(settings: Settings) -> Scorer:
     if settings.rm_url and settings.rm_model:
         raise ConfigError("set MONITOR_RM_MODEL (score here) or MONITOR_RM_URL (score remotely), not both")
     if settings.rm_url:

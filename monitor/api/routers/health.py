@@ -32,7 +32,7 @@ def readyz(context: ContextDep) -> JSONResponse:
     health = context.health
     scorer_ping = getattr(context.scorer, "ping", None)
     if callable(scorer_ping):
-        checks["scorer"] = {"ok": bool(scorer_ping()), "identity": context.scorer.identity}
+        checks["scorer"] = {"ok": bool(scorer_ping())}
     checks["broker"] = {"ok": health.broker_ok, **({"error": health.broker_error} if health.broker_error else {})}
     ready = all(check["ok"] for check in checks.values())
     body = {
