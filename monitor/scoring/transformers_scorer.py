@@ -186,14 +186,15 @@ class TransformersScorer:
 
     def _encode_pair(self, conversation: Conversation) -> tuple[dict[str, list[int]], bool]:
         context, response = plain_pair(conversation)
-        full = self.tokenizer(context, response) if context else self.tokenizer(response)
+        # verbose=False: measuring an over-long input is the point here, not a mistake to log.
+        full = self.tokenizer(context, response, verbose=False) if context else self.tokenizer(response, verbose=False)
         if len(full["input_ids"]) <= self.max_length:
             return dict(full), False
         if not context:
             return dict(self.tokenizer(response, truncation=True, max_length=self.max_length)), True
         # Cut the context (from its start, the oldest part) before touching the response.
-        context_ids = self.tokenizer(context, add_special_tokens=False)["input_ids"]
-        response_len = len(self.tokenizer(response, add_special_tokens=False)["input_ids"])
+        context_ids = self.tokenizer(context, add_special_tokens=False, verbose=False)["input_ids"]
+        response_len = len(self.tokenizer(response, add_special_tokens=False, verbose=False)["input_ids"])
         special = len(full["input_ids"]) - len(context_ids) - response_len
         room = self.max_length - special - response_len
         if room > 0:
