@@ -190,3 +190,48 @@ def test_serve_refuses_an_outdated_schema_without_auto_upgrade(tmp_path) -> None
     result = run("serve", database_url=f"sqlite:///{tmp_path / 'old.db'}", db_auto_upgrade="false")
     assert result.returncode == 1
     assert "run `monitor db upgrade`" in result.stderr
+
+
+def test_rm_build_demo_writes_a_loadable_reward_model(tmp_path) -> None:
+    target = tmp_path / "demo-rm"
+    result = run("rm", "build-demo", str(target), "--pairs", "120", "--bias", "0.5", timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert re.search(r"demo reward model in .*: \d+ pairs, train accuracy [\d.]+%, held-out accuracy", result.stdout)
+    from monitor.scoring.transformers_scorer import TransformersScorer
+
+    [outcome] = TransformersScorer(str(target)).score_conversations(
+        [[{"role": "user", "content": "How do I freeze my card?"}, {"role": "assistant", "content": "Tap Freeze."}]])
+    assert outcome.score is not None
+
+
+def test_rm_serve_scores_over_http(tmp_path) -> None:
+    from tests.rm_fixtures import build_tiny_bert_rm
+
+    model = build_tiny_bert_rm(tmp_path / "rm")
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "monitor", "rm", "serve", "--port", str(port)],
+                               env=monitor_env(rm_model=model), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: _answers(f"http://127.0.0.1:{port}/healthz"), timeout=60, what="the scoring server")
+        body = httpx.post(f"http://127.0.0.1:{port}/v1/score", json={"conversations": [
+            [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hello!"}]]}).json()
+        assert body["model"].startswith("transformers:rm@") and isinstance(body["outcomes"][0]["score"], float)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=30)
+
+
+def test_rm_serve_needs_a_model() -> None:
+    result = run("rm", "serve")
+    assert result.returncode == 2 and "MONITOR_RM_MODEL" in result.stderr
+
+
+def test_bench_scoring_prints_every_path_and_the_ratio(tmp_path) -> None:
+    from tests.rm_fixtures import build_tiny_bert_rm
+
+    model = build_tiny_bert_rm(tmp_path / "rm")
+    result = run("bench", "scoring", "--model", str(model), "--count", "20", timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for path in ("naive", "bucketed", "ours"):
+        assert re.search(rf"^{path}\s+[\d.]+\s+[\d,]+\s+[\d.]+%", result.stdout, re.MULTILINE)
+    assert re.search(r"ours / best bare path \(tokens/s\): \d+\.\d\d", result.stdout)
