@@ -120,20 +120,18 @@ def rm_serve(
     """Serve MONITOR_RM_MODEL over HTTP (POST /v1/score) for `MONITOR_RM_URL` elsewhere."""
     import uvicorn
 
+    from monitor.scoring.factory import transformers_scorer
     from monitor.scoring.server import create_scoring_app
-    from monitor.scoring.transformers_scorer import TransformersScorer
 
     settings = _settings()
     if not settings.rm_model:
         typer.echo("error: set MONITOR_RM_MODEL to the reward model to serve", err=True)
         raise typer.Exit(2)
     try:
-        scorer = TransformersScorer(
-            settings.rm_model, revision=settings.rm_revision, label_index=settings.rm_label_index,
-            device=settings.rm_device, dtype=settings.rm_dtype, max_length=settings.rm_max_length,
-            max_batch_tokens=settings.rm_max_batch_tokens, strategy=settings.rm_strategy,
-            cache_size=settings.rm_cache_size,
-        )
+        scorer = transformers_scorer(settings)
+    except ValueError as exc:
+        typer.echo(f"error: invalid reward-model setting: {exc}", err=True)
+        raise typer.Exit(2) from exc
     except MonitorError as exc:
         raise _fail(exc) from exc
     typer.echo(f"serving {scorer.identity} on http://{host}:{port}/v1/score", err=True)

@@ -36,13 +36,11 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Protocol
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from monitor.errors import MonitorError, ScoringError
+from monitor.api.errors import install_error_handlers
+from monitor.errors import ScoringError
 from monitor.events import MAX_MESSAGES, Message
 from monitor.scoring.base import ScoreOutcome
 
@@ -82,10 +80,6 @@ class ModelInfo(BaseModel):
     identity: str
 
 
-def _error(status: int, kind: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"type": kind, "message": message}}, status_code=status)
-
-
 def _wire(outcome: ScoreOutcome) -> WireOutcome:
     # JSON has no NaN or infinity; an overflowed logit is this response's error, not the request's.
     if outcome.score is not None and not math.isfinite(outcome.score):
@@ -120,20 +114,5 @@ def create_scoring_app(scorer: ConversationScorer) -> FastAPI:
             raise ScoringError(f"scorer returned {len(outcomes)} outcomes for {len(conversations)} conversations")
         return ScoreResponse(model=identity, outcomes=[_wire(outcome) for outcome in outcomes])
 
-    @app.exception_handler(MonitorError)
-    def _monitor_error(_request: Request, exc: MonitorError) -> JSONResponse:
-        return _error(exc.status_code, type(exc).__name__, str(exc))
-
-    @app.exception_handler(StarletteHTTPException)
-    def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _error(exc.status_code, "HTTPError", str(exc.detail))
-
-    @app.exception_handler(RequestValidationError)
-    def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = exc.errors()
-        # A body of thousands of bad messages would otherwise produce a megabyte of error text.
-        shown = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors[:5])
-        more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
-        return _error(422, "InvalidRequest", shown + more)
-
+    install_error_handlers(app)
     return app
