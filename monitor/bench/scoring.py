@@ -12,6 +12,7 @@ The bar is ours >= 0.95x the faster bare path in tokens/s (on a GPU also >= 5x n
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from collections.abc import Callable
@@ -73,8 +74,6 @@ def benchmark_conversations(count: int, seed: int = 0) -> list[list[dict[str, st
     """Distinct conversations whose lengths spread over ~16-512 tokens (multi-turn contexts and
     responses repeated to stretch the long tail)."""
     rng = random.Random(seed)
-    import json
-
     conversations = []
     for message in TrafficSimulator(seed).conversations(count * 2):
         if message.kind != "conversation":
@@ -137,8 +136,7 @@ def run_scoring_benchmark(model: str, *, count: int = 300, device: str = "auto",
         stats = ours.stats
         return PathResult("ours", time.perf_counter() - started, stats.sequences, stats.tokens, stats.padded_tokens)
 
-    for warmup in (naive, bucketed, our_path):  # first calls pay allocator and kernel set-up
-        echo(f"warming up {warmup.__name__}...")
+    echo("warming up...")  # the first forwards pay allocator and kernel set-up
     with torch.inference_mode():
         for pair in pairs[:8]:
             net(**{k: v.to(dev) for k, v in encode([pair], padding=False).items()})
