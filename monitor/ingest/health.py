@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 
 
@@ -14,7 +14,6 @@ class HealthState:
     store_error: str | None = None
     last_batch_at: datetime | None = None
     batches: int = 0
-    extra: dict[str, object] = field(default_factory=dict)
 
     def mark_broker(self, ok: bool, error: str | None = None) -> None:
         self.broker_ok, self.broker_error = ok, error

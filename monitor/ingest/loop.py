@@ -126,16 +126,6 @@ class IngestLoop:
                 sys.setswitchinterval(switch_interval)
         log.info("ingest loop stopped")
 
-    def process(self, records: list[KafkaRecord]) -> DecodedBatch:
-        """Process one batch synchronously, end to end; raise :class:`BatchFailed` after rewinding."""
-        try:
-            batch = self._decode_and_write(records)
-        except BatchFailed:
-            self._source.rewind(_first_offsets(records))
-            raise
-        self._commit(batch)
-        return batch
-
     def _finish_in_flight(self, polled_meanwhile: list[KafkaRecord] | None = None) -> bool:
         """Wait for the batch in flight; commit it to Kafka, or rewind and report failure (False)."""
         in_flight, self._in_flight = self._in_flight, None

@@ -74,8 +74,6 @@ class KafkaEventSource:
                 max_poll_interval_ms=settings.max_poll_interval_ms,
                 session_timeout_ms=settings.session_timeout_ms,
                 heartbeat_interval_ms=max(settings.session_timeout_ms // 5, 100),
-                # Our own limit is 1 MiB per value; fetch enough to see (and dead-letter) bigger ones.
-                max_partition_fetch_bytes=1 * 1024 * 1024,
                 bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
             )
         except KafkaError as exc:

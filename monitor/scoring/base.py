@@ -41,6 +41,11 @@ class ScoringStats:
         return self.padded_tokens / total if total else 0.0
 
 
+def conversations_of(events: Sequence[ConversationEvent]) -> list[list[dict[str, str]]]:
+    """Each event's messages as plain dicts, the form model-running scorers take."""
+    return [[message.model_dump() for message in event.messages] for event in events]
+
+
 @runtime_checkable
 class Scorer(Protocol):
     #: Provenance stored with every score (``kind:model@revision``), so scores of two reward

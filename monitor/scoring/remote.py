@@ -28,7 +28,7 @@ from pydantic import ValidationError
 
 from monitor.errors import ScoringError
 from monitor.events import ConversationEvent
-from monitor.scoring.base import ScoreOutcome
+from monitor.scoring.base import ScoreOutcome, conversations_of
 from monitor.scoring.server import MAX_CONVERSATIONS, ModelInfo, ScoreResponse
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ class RemoteScorer:
         return f"remote:{self._server_identity or self.url}"
 
     def score(self, events: Sequence[ConversationEvent]) -> list[ScoreOutcome]:
-        return self.score_conversations([[m.model_dump() for m in e.messages] for e in events])
+        return self.score_conversations(conversations_of(events))
 
     def score_conversations(self, conversations: Sequence[Conversation]) -> list[ScoreOutcome]:
         """One outcome per conversation (last message = the response), in order."""

@@ -30,7 +30,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from monitor.errors import ScoringError
 from monitor.events import ConversationEvent
-from monitor.scoring.base import ScoreOutcome, ScoringStats
+from monitor.scoring.base import ScoreOutcome, ScoringStats, conversations_of
 from monitor.scoring.batching import Encoded, plan_batches
 from monitor.scoring.formatting import plain_pair
 
@@ -130,7 +130,7 @@ class TransformersScorer:
 
     # -- the Scorer seam ------------------------------------------------------------------------
     def score(self, events: Sequence[ConversationEvent]) -> list[ScoreOutcome]:
-        return self.score_conversations([[m.model_dump() for m in e.messages] for e in events])
+        return self.score_conversations(conversations_of(events))
 
     def score_conversations(self, conversations: Sequence[Conversation]) -> list[ScoreOutcome]:
         """One outcome per conversation (last message = the response), in order."""
