@@ -68,6 +68,13 @@ class Segment(_Strict):
     channel: Annotated[str, StringConstraints(min_length=1, max_length=32)] | None = None
 
 
+class EventMetadata(_Strict):
+    """Optional facts the producer knows about a turn. ``prompt_risk`` is the producer's own
+    safety verdict on the prompt; when absent the monitor classifies the prompt itself."""
+
+    prompt_risk: Literal["safe", "harmful"] | None = None
+
+
 class _TurnEvent(_Strict):
     """Fields both topics share: the event's identity and the assistant turn it is about."""
 
@@ -85,6 +92,7 @@ class ConversationEvent(_TurnEvent):
     messages: Annotated[list[Message], Field(min_length=1, max_length=MAX_MESSAGES)]
     segment: Segment
     reward: float | None = None
+    metadata: EventMetadata | None = None
 
     @field_validator("messages")
     @classmethod
@@ -153,6 +161,38 @@ class RatingEvent(_TurnEvent):
     def satisfaction(self) -> float:
         """The rating normalised to [0, 1]: thumbs 0/1, stars (v-1)/4, score as is."""
         return self.rating.satisfaction()
+
+
+FLAG_SCHEMA = "flag/v1"
+
+
+class FlagEvent(_Strict):
+    """A divergence alert changing state, as published on the flags topic (key = segment).
+
+    One event per (alert, state): ``firing`` when first detected, ``resolved`` when it clears.
+    ``flag_id`` is stable for that pair, so a consumer can drop the duplicates that at-least-once
+    publishing may deliver.
+    """
+
+    schema_: Literal["flag/v1"] = Field(alias="schema")
+    flag_id: uuid.UUID
+    alert_key: str
+    segment: str
+    detector: str
+    direction: Literal["up", "down"]
+    mode: str
+    modes: list[str]
+    state: Literal["firing", "resolved"]
+    started_at: AwareDatetime
+    resolved_at: AwareDatetime | None
+    emitted_at: AwareDatetime
+    window: dict[str, float | int | str | None]
+    top_event_ids: list[str]
+
+
+def parse_flag(raw: bytes) -> FlagEvent:
+    """Validate a ``flag/v1`` Kafka value; raise :class:`InvalidEvent`."""
+    return _parse(FlagEvent, raw, FLAG_SCHEMA)  # type: ignore[return-value]
 
 
 def _parse(model: type[_Strict], raw: bytes, schema: str) -> _Strict:
@@ -229,7 +269,7 @@ def parse_rating(raw: bytes) -> RatingEvent:
     return _parse(RatingEvent, raw, RATING_SCHEMA)  # type: ignore[return-value]
 
 
-def to_wire(event: ConversationEvent | RatingEvent) -> bytes:
+def to_wire(event: ConversationEvent | RatingEvent | FlagEvent) -> bytes:
     """Serialise an event exactly as producers put it on the wire."""
     return event.model_dump_json(by_alias=True).encode("utf-8")
 
