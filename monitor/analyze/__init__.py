@@ -1,0 +1,1 @@
+"""Divergence analysis: calibration, detectors, attribution, drift reports, alerts."""
