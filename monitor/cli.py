@@ -1,4 +1,4 @@
-"""The `monitor` command: serve | demo | simulate | db | bench."""
+"""The `monitor` command: serve | demo | simulate | analyze | db | rm | bench."""
 
 from __future__ import annotations
 
@@ -84,15 +84,55 @@ def demo(
     rate: Annotated[float, typer.Option(help="Simulated assistant turns per second.", min=0.001)] = 5.0,
     duration: Annotated[float, typer.Option(help="Stop after this many seconds (0: run until Ctrl-C).", min=0)] = 0.0,
     seed: Annotated[int, typer.Option(help="Simulator seed.")] = 0,
+    scenario: Annotated[str, typer.Option(help="Simulator scenario S0-S7 (see docs/scenarios.md).")] = "S1",
+    onset: Annotated[float, typer.Option(help="Seconds before the scenario's shift sets in.", min=0)] = 600.0,
 ) -> None:
     """Embedded broker + SQLite + simulated traffic + the service, in one command. Ctrl-C stops."""
     from monitor.demo import run_demo
+    from monitor.sim.scenarios import Scenario
 
     settings = _settings()
     try:
-        run_demo(settings, rate=rate, duration=duration, seed=seed)
+        chosen = Scenario(scenario, onset_s=onset)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    try:
+        run_demo(settings, rate=rate, duration=duration, seed=seed, scenario=chosen)
     except MonitorError as exc:
         raise _fail(exc) from exc
+
+
+@app.command()
+def analyze(
+    refit: Annotated[bool, typer.Option("--refit", help="Forget the frozen calibrations and fit them again "
+                                        "(after a new reward model or a relabeling cycle).")] = False,
+    publish: Annotated[bool, typer.Option(help="Publish alert changes to the flags topic.")] = True,
+) -> None:
+    """Run the analyzer once over the store: calibrate, detect, attribute, report drift."""
+    from monitor.analyze.runner import Analyzer
+    from monitor.service import prepare_database
+    from monitor.store.analysis import delete_calibrations
+    from monitor.store.db import make_engine, make_session_factory
+
+    settings = _settings()
+    try:
+        prepare_database(settings)
+        engine = make_engine(settings.database_url)
+        sessions = make_session_factory(engine)
+        try:
+            if refit:
+                with sessions.begin() as session:
+                    typer.echo(f"forgot {delete_calibrations(session)} calibration(s)", err=True)
+            summary = Analyzer(settings, sessions).run_once(publish=publish)
+        finally:
+            engine.dispose()
+    except MonitorError as exc:
+        raise _fail(exc) from exc
+    if summary.locked:
+        typer.echo("another analyzer is running; nothing done", err=True)
+        raise typer.Exit(1)
+    typer.echo(summary.report())
 
 
 @rm_app.command("build-demo")
@@ -203,4 +243,28 @@ def bench_scoring(
 
     path = model or str(ensure_demo_reward_model(progress=lambda line: typer.echo(line, err=True)))
     result = run_scoring_benchmark(path, count=count, device=device, echo=lambda line: typer.echo(line, err=True))
+    typer.echo(result.report())
+
+
+@bench_app.command("detect")
+def bench_detect(
+    full: Annotated[bool, typer.Option("--full", help="Sweep shift size, abrupt/ramp and rating rate (slow).")] = False,
+    seed: Annotated[int, typer.Option(help="Simulator seed.")] = 0,
+    b1_labels: Annotated[int, typer.Option(help="Rated S0 turns for the false-alarm count.", min=1000)] = 100_000,
+    trials: Annotated[int, typer.Option(help="Injected-shift trials for the B1 delay.", min=10)] = 300,
+    scenarios: Annotated[str, typer.Option(help="Comma-separated scenarios to run after B1.")] = "S1,S2,S3,S4,S5,S6,S7",
+    labels_after_onset: Annotated[int, typer.Option(help="Rated turns per segment after each onset.", min=100)] = 2000,
+) -> None:
+    """Detection quality on simulated scenarios: false alarms, delay, AUROC, attribution F1, S5."""
+    from monitor.bench.detect import run_detect_benchmark
+    from monitor.sim.scenarios import SCENARIO_NAMES
+
+    names = tuple(name.strip() for name in scenarios.split(",") if name.strip())
+    unknown = [name for name in names if name not in SCENARIO_NAMES]
+    if unknown:
+        typer.echo(f"error: unknown scenario(s) {', '.join(unknown)}; known: {', '.join(SCENARIO_NAMES)}", err=True)
+        raise typer.Exit(2)
+    result = run_detect_benchmark(full=full, seed=seed, b1_labels=b1_labels, b1_trials=trials, scenarios=names,
+                                  labels_after_onset=labels_after_onset,
+                                  echo=lambda line: typer.echo(line, err=True))
     typer.echo(result.report())

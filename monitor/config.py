@@ -7,6 +7,7 @@ that names the variable, so a typo never silently falls back to a default.
 from __future__ import annotations
 
 import os
+import re
 from typing import Annotated
 
 from pydantic import Field, ValidationError, field_validator
@@ -58,6 +59,44 @@ class Settings(BaseSettings):
     rm_retries: int = Field(default=3, ge=0, le=20)
     rm_max_concurrency: int = Field(default=4, ge=1, le=64)
 
+    flags_topic: str = "monitor.flags"
+    segment_domains: str = Field(
+        default="payments,cards,investments,fraud,general",
+        description="Comma-separated domains watched as their own segment; others fall into `other`; empty: one `*`.",
+    )
+    segment_model_versions: str = Field(default="", description="As segment_domains, for the assistant's model_version.")
+    segment_locales: str = Field(default="", description="As segment_domains, for the locale.")
+    required_language: dict[str, list[str]] | None = Field(
+        default=None,
+        description="JSON {domain: [regex, ...]}: language a response in that domain must contain; "
+        "unset: the built-in rules (investments need a risk disclaimer).",
+    )
+    analyze_interval_seconds: float = Field(
+        default=60.0, ge=0, description="How often `serve` runs the analyzer; 0 turns the schedule off."
+    )
+    analyze_reference_labels: int = Field(
+        default=500, ge=50, description="Rated turns in each segment's reference window (its first ones by ts)."
+    )
+    analyze_window_minutes: float = Field(
+        default=60.0, gt=0, description="The current window (event time) of segment statistics and drift."
+    )
+    analyze_false_alarm_labels: int = Field(
+        default=10_000, ge=100, description="False-alarm budget: at most one per this many rated turns per segment."
+    )
+    analyze_shift_sd: float = Field(
+        default=0.5, gt=0, le=5, description="Residual shift (in reference SDs) the CUSUM is tuned to catch fastest."
+    )
+    analyze_rank_window: int = Field(default=300, ge=30, description="Rated turns per rank-agreement window.")
+    analyze_rank_fdr: float = Field(
+        default=0.001, gt=0, lt=1, description="Benjamini-Hochberg level of the rank-agreement drop tests."
+    )
+    analyze_resolve_labels: int = Field(
+        default=300, ge=10, description="Rated turns without a new detection before an alert resolves."
+    )
+    analyze_drift_rows: int = Field(
+        default=1000, ge=0, description="Turns sampled per window for the drift report; 0 turns the report off."
+    )
+
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=0, le=65535)
 
@@ -99,6 +138,17 @@ class Settings(BaseSettings):
     def _known_strategy(cls, value: str) -> str:
         if value not in ("auto", "single", "bucketed"):
             raise ValueError("must be one of auto, single, bucketed")
+        return value
+
+    @field_validator("required_language")
+    @classmethod
+    def _compilable(cls, value: dict[str, list[str]] | None) -> dict[str, list[str]] | None:
+        for domain, patterns in (value or {}).items():
+            for pattern in patterns:
+                try:
+                    re.compile(pattern)
+                except re.error as exc:
+                    raise ValueError(f"{domain}: {pattern!r} is not a valid regular expression: {exc}") from exc
         return value
 
     @property

@@ -1,8 +1,9 @@
 """`monitor demo`: the whole service on a laptop in one command.
 
 Starts the embedded Kafka-compatible broker on a free loopback port, uses the SQLite default
-store, streams simulated traffic into it, runs ingest and the API, and shows live progress.
-Ctrl-C (or ``--duration``) stops everything cleanly.
+store, streams simulated traffic into it (by default with length hacking setting in after ten
+minutes), runs ingest, the analyzer and the API, and shows live progress: stored events, segment
+status and firing alerts with their mode. Ctrl-C (or ``--duration``) stops everything cleanly.
 """
 
 from __future__ import annotations
@@ -22,11 +23,18 @@ from monitor.errors import MonitorError
 from monitor.logs import configure_logging
 from monitor.service import install_stop_signals, run_service
 from monitor.sim.produce import ProduceCounts, produce
+from monitor.sim.scenarios import Scenario
 from monitor.sim.traffic import TrafficSimulator
+from monitor.store.analysis import latest_run, list_alerts
 from monitor.store.db import make_engine, make_session_factory
+from monitor.store.models import Alert, AnalysisRun
 from monitor.store.reads import StoreCounts, store_counts
 
 TOPIC_PARTITIONS = 3
+#: Demo pace for the analyzer unless the MONITOR_* variables say otherwise: small references and a
+#: short schedule, so a few minutes of traffic at 5 turns/s already show calibrated segments.
+DEMO_ANALYSIS = {"analyze_reference_labels": 100, "analyze_interval_seconds": 10.0,
+                 "analyze_window_minutes": 10.0, "analyze_drift_rows": 300}
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -38,8 +46,11 @@ def _port_free(host: str, port: int) -> bool:
         return True
 
 
-def run_demo(settings: Settings, *, rate: float, duration: float, seed: int) -> None:
+def run_demo(settings: Settings, *, rate: float, duration: float, seed: int,
+             scenario: Scenario | None = None) -> None:
     console = Console(stderr=True)
+    settings = settings.model_copy(update={name: value for name, value in DEMO_ANALYSIS.items()
+                                           if name not in settings.model_fields_set})
     configure_logging("WARNING")
     api_port = settings.api_port if _port_free(settings.api_host, settings.api_port) else free_port()
     stop = threading.Event()
@@ -59,11 +70,13 @@ def run_demo(settings: Settings, *, rate: float, duration: float, seed: int) -> 
         console.print(f"broker   {broker.bootstrap} (embedded, memory only)")
         console.print(f"store    {settings.database_url}")
         console.print(f"scoring  {settings.rm_model or settings.rm_url}")
+        if scenario is not None and scenario.name != "S0":
+            console.print(f"traffic  scenario {scenario.name} from {scenario.onset_s:,.0f}s (size {scenario.size:g})")
         produced = ProduceCounts()
         failure: list[BaseException] = []
 
         def simulate() -> None:
-            simulator = TrafficSimulator(seed)
+            simulator = TrafficSimulator(seed, scenario=scenario)
             try:
                 produce(simulator.messages(rate, duration or 365 * 24 * 3600.0),
                         bootstrap_servers=settings.bootstrap_servers,
@@ -106,7 +119,9 @@ def _show_progress(settings: Settings, produced: ProduceCounts, stop: threading.
             while not stop.is_set():
                 with sessions() as session:
                     counts = store_counts(session)
-                live.update(_progress_table(produced, counts, time.monotonic() - started))
+                    run = latest_run(session)
+                    firing = list_alerts(session, state="firing", limit=5)
+                live.update(_progress_table(produced, counts, time.monotonic() - started, run, firing))
                 if duration and time.monotonic() - started >= duration:
                     stop.set()
                 stop.wait(1.0)
@@ -114,7 +129,8 @@ def _show_progress(settings: Settings, produced: ProduceCounts, stop: threading.
         engine.dispose()
 
 
-def _progress_table(produced: ProduceCounts, counts: StoreCounts, elapsed: float) -> Table:
+def _progress_table(produced: ProduceCounts, counts: StoreCounts, elapsed: float, run: AnalysisRun | None = None,
+                    firing: list[Alert] | None = None) -> Table:
     table = Table(title=f"monitor demo - {elapsed:,.0f}s", show_header=True)
     table.add_column("")
     table.add_column("produced", justify="right")
@@ -122,4 +138,13 @@ def _progress_table(produced: ProduceCounts, counts: StoreCounts, elapsed: float
     table.add_row("conversation turns", f"{produced.conversations:,}", f"{counts.turns:,}")
     table.add_row("ratings", f"{produced.ratings:,}", f"{counts.ratings:,} ({counts.ratings_joined:,} joined)")
     table.add_row("dead letters", "", f"{counts.dead_letters:,}")
+    if run is None:
+        table.add_row("analysis", "", "not run yet")
+        return table
+    statuses: dict[str, int] = {}
+    for segment in run.segments:
+        statuses[segment["status"]] = statuses.get(segment["status"], 0) + 1
+    table.add_row("segments", "", ", ".join(f"{n} {status}" for status, n in sorted(statuses.items())))
+    for alert in firing or []:
+        table.add_row(f"ALERT {alert.segment}", alert.detector, f"{alert.mode} since {alert.started_at:%H:%M:%S}")
     return table

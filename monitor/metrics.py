@@ -13,6 +13,11 @@ from monitor.events import DEAD_LETTER_REASONS
 
 EVENT_KINDS = ("conversation", "rating")
 FAILURE_STAGES = ("scoring", "dead_letter_topic", "store", "commit")
+ANALYSIS_DETECTORS = ("cusum", "rank_drop")
+
+
+def _value(value: float | None) -> float:
+    return float("nan") if value is None else float(value)
 
 
 class Metrics:
@@ -98,6 +103,60 @@ class Metrics:
             ["identity"],
             registry=registry,
         )
+        self.analyze_runs = Counter(
+            "monitor_analyze_runs_total", "Analyzer runs, by outcome (ok, error, locked).", ["outcome"],
+            registry=registry,
+        )
+        self.analyze_duration = Histogram(
+            "monitor_analyze_duration_seconds",
+            "Wall time of one analyzer run (read, fit, detect, drift report, write).",
+            # A run over a day of traffic takes seconds; the top buckets show it nearing the schedule.
+            buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+            registry=registry,
+        )
+        self.analyze_last_success = Gauge(
+            "monitor_analyze_last_success_timestamp_seconds", "Wall time the last analyzer run finished.",
+            registry=registry,
+        )
+        self.analyze_watermark = Gauge(
+            "monitor_analyze_watermark_timestamp_seconds", "Event time of the latest turn the analyzer saw.",
+            registry=registry,
+        )
+        self.alerts_firing = Gauge(
+            "monitor_alerts_firing", "Divergence alerts firing now, by segment and detector.",
+            ["segment", "detector"], registry=registry,
+        )
+        self.alerts_opened = Counter(
+            "monitor_alerts_opened_total", "Divergence alerts opened, by detector and attributed mode.",
+            ["detector", "mode"], registry=registry,
+        )
+        self.flags_published = Counter(
+            "monitor_flags_published_total", "flag/v1 events acknowledged by Kafka, by alert state.", ["state"],
+            registry=registry,
+        )
+        self.segment_reward = Gauge(
+            "monitor_segment_reward_mean", "Mean reward of the segment's turns in the current window.",
+            ["segment"], registry=registry,
+        )
+        self.segment_satisfaction = Gauge(
+            "monitor_segment_satisfaction_ratio",
+            "Satisfaction (0..1) in the current window: realised (ratings) or estimated (calibrated RM).",
+            ["segment", "source"], registry=registry,
+        )
+        self.segment_gap = Gauge(
+            "monitor_segment_satisfaction_gap_ratio",
+            "Realised minus predicted satisfaction of the window's rated turns (negative: RM over-promises).",
+            ["segment"], registry=registry,
+        )
+        self.segment_auc = Gauge(
+            "monitor_segment_reward_auc_ratio", "AUC of reward for satisfied vs unsatisfied rated turns.",
+            ["segment"], registry=registry,
+        )
+        self.segment_safety = Gauge(
+            "monitor_segment_safety_ratio",
+            "over_refusal: refusals among safe prompts; harmful_compliance: answers to harmful prompts.",
+            ["segment", "rate"], registry=registry,
+        )
         for kind in EVENT_KINDS:
             self.events_accepted.labels(kind=kind)
         for reason in DEAD_LETTER_REASONS:
@@ -110,6 +169,24 @@ class Metrics:
         its RM) replaces the old series instead of adding a second one."""
         self.reward_model.clear()
         self.reward_model.labels(identity=identity).set(1)
+
+    def record_analysis(self, segments: list[dict], firing: dict[tuple[str, str], int]) -> None:
+        """Replace the per-segment gauges with one run's figures (NaN where a figure is undefined)."""
+        for stats in segments:
+            segment = stats["segment"]
+            self.segment_reward.labels(segment=segment).set(_value(stats["reward_mean"]))
+            self.segment_satisfaction.labels(segment=segment, source="realised").set(
+                _value(stats["realised_satisfaction"]))
+            self.segment_satisfaction.labels(segment=segment, source="estimated").set(
+                _value(stats["estimated_satisfaction"]))
+            self.segment_gap.labels(segment=segment).set(_value(stats["gap"]))
+            self.segment_auc.labels(segment=segment).set(_value(stats["auc"]))
+            self.segment_safety.labels(segment=segment, rate="over_refusal").set(
+                _value(stats["safety"]["over_refusal_rate"]))
+            self.segment_safety.labels(segment=segment, rate="harmful_compliance").set(
+                _value(stats["safety"]["harmful_compliance_rate"]))
+            for detector in ANALYSIS_DETECTORS:
+                self.alerts_firing.labels(segment=segment, detector=detector).set(firing.get((segment, detector), 0))
 
     def init_topics(self, topics: tuple[str, ...]) -> None:
         """Expose zero-valued series for the configured topics before any record arrives."""

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from monitor.analyze.runner import Analyzer, AnalyzerThread
 from monitor.api.app import create_app
 from monitor.api.context import AppContext
 from monitor.api.server import ApiServer
@@ -87,6 +88,10 @@ def run_service(
     )
     api.start()
     log.info("API listening", extra={"url": api.url})
+    analyzer = None
+    if settings.analyze_interval_seconds > 0:
+        analyzer = AnalyzerThread(Analyzer(settings, sessions, metrics=metrics), settings.analyze_interval_seconds, stop)
+        analyzer.start()
     if on_api_started:
         on_api_started(api.url)
     source = dlq = None
@@ -110,6 +115,9 @@ def run_service(
         if dlq is not None:
             dlq.close()
         api.stop()
+        if analyzer is not None:
+            stop.set()  # ingest may have ended on its own (no broker); the schedule ends with it
+            analyzer.join(timeout=60)
         engine.dispose()
         log.info("service stopped")
 

@@ -7,7 +7,7 @@ from fastapi import FastAPI
 from monitor import __version__
 from monitor.api.context import AppContext
 from monitor.api.errors import install_error_handlers
-from monitor.api.routers import conversations, health
+from monitor.api.routers import analysis, conversations, health
 
 
 def create_app(context: AppContext) -> FastAPI:
@@ -15,5 +15,6 @@ def create_app(context: AppContext) -> FastAPI:
     app.state.context = context
     app.include_router(health.router)
     app.include_router(conversations.router)
+    app.include_router(analysis.router)
     install_error_handlers(app)
     return app

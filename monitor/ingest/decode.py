@@ -6,6 +6,7 @@ or (a redelivered copy of an event already in this batch) the ``duplicates`` cou
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -13,7 +14,9 @@ from typing import Any
 from monitor.errors import InvalidEvent
 from monitor.events import ConversationEvent, RatingEvent, parse_conversation, parse_rating
 from monitor.ingest.records import KafkaRecord
+from monitor.risk import is_harmful
 from monitor.scoring.base import ScoreOutcome
+from monitor.signals import DEFAULT_COMPLIANCE, response_signals
 
 
 @dataclass
@@ -85,7 +88,17 @@ def decode_batch(records: list[KafkaRecord], *, conversations_topic: str, rating
 
 
 def turn_row(record: KafkaRecord, event: ConversationEvent, outcome: ScoreOutcome, scorer: str,
-             ingested_at: datetime) -> dict[str, Any]:
+             ingested_at: datetime, *, required_language: Mapping[str, Sequence[str]] | None = None) -> dict[str, Any]:
+    """The ``turns`` row of one event: its text, score, signals and prompt risk.
+
+    The prompt's risk comes from the producer's ``metadata.prompt_risk`` when it sent one, else from
+    the built-in classifier (:mod:`monitor.risk`); the row says which.
+    """
+    prompt, response = event.prompt, event.response
+    signals = response_signals(prompt, response, domain=event.segment.domain,
+                               compliance=DEFAULT_COMPLIANCE if required_language is None else required_language)
+    producer_risk = event.metadata.prompt_risk if event.metadata is not None else None
+    harmful = producer_risk == "harmful" if producer_risk is not None else is_harmful(prompt)
     return {
         "event_id": event.event_id,
         "conversation_id": event.conversation_id,
@@ -96,8 +109,8 @@ def turn_row(record: KafkaRecord, event: ConversationEvent, outcome: ScoreOutcom
         "locale": event.segment.locale,
         "channel": event.segment.channel,
         "messages": [{"role": m.role, "content": m.content} for m in event.messages],
-        "prompt": event.prompt,
-        "response": event.response,
+        "prompt": prompt,
+        "response": response,
         "producer_reward": event.reward,
         "score": outcome.score,
         "scorer": scorer,
@@ -110,6 +123,9 @@ def turn_row(record: KafkaRecord, event: ConversationEvent, outcome: ScoreOutcom
         "source_partition": record.partition,
         "source_offset": record.offset,
         "ingested_at": ingested_at,
+        **{f"sig_{name}": value for name, value in signals.as_dict().items()},
+        "prompt_harmful": harmful,
+        "prompt_risk_source": "producer" if producer_risk is not None else "classifier",
     }
 
 

@@ -5,6 +5,9 @@
 - ``consumer_offsets``: the next Kafka offset per (group, topic, partition), written in the same
   transaction as the rows it covers; the consumer resumes from here.
 - ``dead_letters``: every payload that broke its contract, raw bytes included.
+- ``calibrations``: the frozen reward -> P(satisfied) fit of each segment's reference window.
+- ``alerts``: divergence episodes (firing / resolved) with their evidence, and what was published.
+- ``analysis_runs``: one row per analyzer run: the segment table and the drift report it produced.
 """
 
 from __future__ import annotations
@@ -111,6 +114,20 @@ class Turn(_FromKafka, Base):
     satisfaction: Mapped[float | None] = mapped_column(Float)
     rating_count: Mapped[int] = mapped_column(Integer, default=0)
     rated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Reward-hacking signals of the response (monitor.signals), computed at ingest; NULL on rows
+    # written before they existed (the analyzer computes those on the fly).
+    sig_length_tokens: Mapped[float | None] = mapped_column(Float)
+    sig_length_ratio: Mapped[float | None] = mapped_column(Float)
+    sig_markdown_density: Mapped[float | None] = mapped_column(Float)
+    sig_sycophancy: Mapped[float | None] = mapped_column(Float)
+    sig_hedging: Mapped[float | None] = mapped_column(Float)
+    sig_refusal: Mapped[float | None] = mapped_column(Float)
+    sig_overpromise: Mapped[float | None] = mapped_column(Float)
+    sig_compliance_missing: Mapped[float | None] = mapped_column(Float)
+    sig_repetition: Mapped[float | None] = mapped_column(Float)
+    prompt_harmful: Mapped[bool | None] = mapped_column(Boolean)
+    # "producer" when the event's metadata said so, "classifier" when monitor.risk decided.
+    prompt_risk_source: Mapped[str | None] = mapped_column(String(16))
 
 
 class RatingRow(_FromKafka, Base):
@@ -153,3 +170,52 @@ class DeadLetter(Base):
     reason: Mapped[str] = mapped_column(String(32), index=True)
     detail: Mapped[str] = mapped_column(Text)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Calibration(Base):
+    """A segment's reward -> P(satisfied) map, fitted once on its reference window and then frozen
+    (a refit is an explicit operator action: a moving reference would absorb the drift)."""
+
+    __tablename__ = "calibrations"
+
+    segment: Mapped[str] = mapped_column(String(256), primary_key=True)
+    fitted_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    reference_from: Mapped[datetime] = mapped_column(UTCDateTime)
+    reference_to: Mapped[datetime] = mapped_column(UTCDateTime)
+    labels: Mapped[int] = mapped_column(Integer)
+    scorer: Mapped[str | None] = mapped_column(String(256))
+    params: Mapped[dict] = mapped_column(Json)
+
+
+class Alert(Base):
+    """One divergence episode of one segment and detector; ``key`` de-duplicates re-detections."""
+
+    __tablename__ = "alerts"
+    __table_args__ = (Index("ix_alerts_state_started", "state", "started_at"),)
+
+    id: Mapped[int] = mapped_column(AutoId, primary_key=True)
+    key: Mapped[str] = mapped_column(String(512), unique=True)
+    segment: Mapped[str] = mapped_column(String(256), index=True)
+    detector: Mapped[str] = mapped_column(String(32))
+    direction: Mapped[str] = mapped_column(String(8))
+    mode: Mapped[str] = mapped_column(String(32))
+    state: Mapped[str] = mapped_column(String(16))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)  # event time of the detecting sample
+    resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)  # wall clock
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    evidence: Mapped[dict] = mapped_column(Json)
+    published_state: Mapped[str | None] = mapped_column(String(16))
+
+
+class AnalysisRun(Base):
+    __tablename__ = "analysis_runs"
+
+    id: Mapped[int] = mapped_column(AutoId, primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    watermark: Mapped[datetime | None] = mapped_column(UTCDateTime)  # latest event ts analysed
+    labelled: Mapped[int] = mapped_column(Integer)
+    segments: Mapped[list] = mapped_column(Json)
+    drift_summary: Mapped[dict | None] = mapped_column(Json)
+    drift_html: Mapped[str | None] = mapped_column(Text)

@@ -1,0 +1,143 @@
+"""Calibration: the map reward -> P(user satisfied), fitted on a segment's reference window.
+
+A logistic curve ``P = sigmoid(a + b * (score - centre) / scale)`` fitted by iteratively
+reweighted least squares on *soft* labels (satisfaction in [0, 1]: thumbs 0/1, stars and scores in
+between), so every rating kind contributes what it says. Two parameters are all a few hundred
+labels can pin down; a monotone isotonic fit would follow the noise of a small reference.
+
+The fit also freezes what the detectors need from the same window: the residual SD (residuals
+are standardised by it), the CUSUM threshold calibrated on the reference residuals, the rank
+agreement between reward and satisfaction, and the mean and SD of each signal (attribution
+measures shifts against them).
+
+>>> import numpy as np
+>>> rng = np.random.default_rng(0)
+>>> score = rng.normal(size=20_000)
+>>> satisfied = (rng.random(20_000) < 1 / (1 + np.exp(-(0.3 + 1.5 * score)))).astype(float)
+>>> a, b = fit_logistic(score, satisfied)
+>>> round(a, 1), round(b, 1)
+(0.3, 1.5)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from monitor.analyze.rank_agreement import auc, spearman
+from monitor.analyze.thresholds import calibrate_threshold
+
+# A whisper of ridge keeps the fit finite when the reference is perfectly separable.
+_RIDGE = 1e-6
+_MAX_ITERATIONS = 50
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * x))  # overflow-free
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Intercept and slope of a logistic regression of soft labels ``y`` in [0, 1] on ``x``."""
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    if x.shape != y.shape or x.ndim != 1 or len(x) < 2:
+        raise ValueError("x and y must be 1-d arrays of the same length >= 2")
+    if np.any((y < 0) | (y > 1)) or not np.all(np.isfinite(x)):
+        raise ValueError("y must lie in [0, 1] and x must be finite")
+    design = np.column_stack([np.ones_like(x), x])
+    beta = np.zeros(2)
+    for _ in range(_MAX_ITERATIONS):
+        p = _sigmoid(design @ beta)
+        weight = np.maximum(p * (1 - p), 1e-9)
+        gradient = design.T @ (y - p) - _RIDGE * beta
+        hessian = (design * weight[:, None]).T @ design + _RIDGE * np.eye(2)
+        step = np.linalg.solve(hessian, gradient)
+        beta += step
+        if np.max(np.abs(step)) < 1e-8:
+            break
+    return float(beta[0]), float(beta[1])
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """One segment's frozen reference: the reward map and the statistics the detectors need."""
+
+    intercept: float
+    slope: float
+    centre: float  # the score is centred and scaled before the fit, so the parameters stay O(1)
+    scale: float
+    residual_sd: float
+    cusum_k: float
+    cusum_h: float
+    labels: int
+    reference_from: float  # event time, seconds since the epoch
+    reference_to: float
+    reward_mean: float
+    satisfaction_mean: float
+    auc: float
+    spearman: float
+    signal_means: tuple[float, ...]
+    signal_sds: tuple[float, ...]
+
+    def predict(self, score: np.ndarray) -> np.ndarray:
+        """P(satisfied) for each score (NaN stays NaN)."""
+        return _sigmoid(self.intercept + self.slope * (np.asarray(score, dtype=float) - self.centre) / self.scale)
+
+    def standardised_residuals(self, score: np.ndarray, satisfaction: np.ndarray) -> np.ndarray:
+        return (np.asarray(satisfaction, dtype=float) - self.predict(score)) / self.residual_sd
+
+    def to_params(self) -> dict:
+        """JSON-ready: JSON (and PostgreSQL's JSONB) has no NaN, so an undefined statistic is None."""
+        params = asdict(self)
+        params["signal_means"] = list(self.signal_means)
+        params["signal_sds"] = list(self.signal_sds)
+        return {name: (None if isinstance(v, float) and not math.isfinite(v) else v) for name, v in params.items()}
+
+    @classmethod
+    def from_params(cls, params: dict) -> Calibration:
+        values = {name: (math.nan if v is None else v) for name, v in params.items()}
+        values["signal_means"] = tuple(values["signal_means"])
+        values["signal_sds"] = tuple(values["signal_sds"])
+        return cls(**values)
+
+
+def fit_calibration(
+    score: np.ndarray,
+    satisfaction: np.ndarray,
+    signals: np.ndarray,
+    ts: np.ndarray,
+    *,
+    shift_sd: float = 0.5,
+    false_alarm_labels: int = 10_000,
+    seed: int = 0,
+) -> Calibration:
+    """Fit the reference of one segment from its rated turns (scores, satisfaction, signal rows).
+
+    ``shift_sd`` is the residual shift the CUSUM should catch fastest (its ``k`` is half of it);
+    ``false_alarm_labels`` the in-control run length its threshold is calibrated to.
+    """
+    score = np.asarray(score, dtype=float)
+    satisfaction = np.asarray(satisfaction, dtype=float)
+    if len(score) < 30:
+        raise ValueError(f"a reference needs at least 30 rated turns, got {len(score)}")
+    centre = float(np.mean(score))
+    scale = float(np.std(score)) or 1.0
+    intercept, slope = fit_logistic((score - centre) / scale, satisfaction)
+    predicted = _sigmoid(intercept + slope * (score - centre) / scale)
+    residuals = satisfaction - predicted
+    residual_sd = float(np.std(residuals)) or 1.0
+    k = shift_sd / 2
+    h = calibrate_threshold(residuals / residual_sd, k=k, arl0=false_alarm_labels, seed=seed)
+    signals = np.asarray(signals, dtype=float)
+    return Calibration(
+        intercept=intercept, slope=slope, centre=centre, scale=scale, residual_sd=residual_sd,
+        cusum_k=k, cusum_h=float(h), labels=len(score),
+        reference_from=float(np.min(ts)), reference_to=float(np.max(ts)),
+        reward_mean=float(np.mean(score)), satisfaction_mean=float(np.mean(satisfaction)),
+        auc=float(auc(score, satisfaction >= 0.5)), spearman=float(spearman(score, satisfaction)),
+        signal_means=tuple(float(v) for v in np.mean(signals, axis=0)),
+        signal_sds=tuple(float(v) for v in np.std(signals, axis=0)),
+    )
+

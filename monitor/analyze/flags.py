@@ -1,0 +1,62 @@
+"""Publish alert state changes to the flags topic as ``flag/v1`` events (key = segment).
+
+At least once: an alert is marked published only after Kafka acknowledged its event, so a crash or
+an unreachable broker means it is sent again on the next run, never lost.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+
+from kafka import KafkaProducer
+from kafka.errors import KafkaError
+
+from monitor.errors import BrokerUnavailable
+from monitor.events import FLAG_SCHEMA, FlagEvent, to_wire
+from monitor.kafka_defaults import BOOTSTRAP_TIMEOUT_MS
+from monitor.store.models import Alert, utcnow
+
+_FLAG_NAMESPACE = uuid.UUID("4f1d7c4e-0d0b-4a55-9b7e-6d6f6e69746f")
+_FLUSH_TIMEOUT_S = 30.0
+_WINDOW_FIELDS = ("labels", "from", "to", "mean_residual", "z", "reward_mean", "satisfaction_mean",
+                  "predicted_satisfaction_mean")
+
+
+def flag_event(alert: Alert) -> FlagEvent:
+    window = alert.evidence.get("window", {})
+    return FlagEvent.model_validate({
+        "schema": FLAG_SCHEMA,
+        "flag_id": uuid.uuid5(_FLAG_NAMESPACE, f"{alert.key}|{alert.state}"),
+        "alert_key": alert.key, "segment": alert.segment, "detector": alert.detector,
+        "direction": alert.direction, "mode": alert.mode,
+        "modes": list(alert.evidence.get("attribution", {}).get("modes", [])),
+        "state": alert.state, "started_at": alert.started_at, "resolved_at": alert.resolved_at,
+        "emitted_at": utcnow(),
+        "window": {name: window.get(name) for name in _WINDOW_FIELDS},
+        "top_event_ids": [example["event_id"] for example in alert.evidence.get("top_examples", [])],
+    })
+
+
+class FlagPublisher:
+    def __init__(self, bootstrap_servers: list[str], topic: str) -> None:
+        self.topic = topic
+        try:
+            self._producer = KafkaProducer(bootstrap_servers=bootstrap_servers, client_id="monitor-flags",
+                                           acks="all", retries=5, bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS)
+        except KafkaError as exc:
+            raise BrokerUnavailable(f"cannot reach Kafka for the flags topic: {exc}") from exc
+
+    def publish(self, alerts: Sequence[Alert]) -> None:
+        """Send one event per alert and wait for every acknowledgement; raise :class:`BrokerUnavailable`."""
+        try:
+            futures = [self._producer.send(self.topic, key=alert.segment.encode(), value=to_wire(flag_event(alert)))
+                       for alert in alerts]
+            self._producer.flush(timeout=_FLUSH_TIMEOUT_S)
+            for future in futures:
+                future.get(timeout=_FLUSH_TIMEOUT_S)
+        except KafkaError as exc:
+            raise BrokerUnavailable(f"flags topic {self.topic!r} did not acknowledge: {exc}") from exc
+
+    def close(self) -> None:
+        self._producer.close(timeout=5)

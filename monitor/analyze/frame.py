@@ -1,0 +1,103 @@
+"""`TurnFrame`: the columns of the turns the analyzer needs, as numpy arrays in serving order.
+
+The analyzer is a pure function of a frame (plus frozen calibrations), so the same rows give the
+same alerts whether they were read from SQLite, PostgreSQL or built straight from simulated events
+by the benchmark. Rows are sorted by event time (``ts``), ties broken by conversation and turn, so
+a backfill and a live run see one and the same order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+
+from monitor.analyze.segments import SegmentScheme
+from monitor.signals import DEFAULT_COMPLIANCE, SIGNAL_NAMES, response_signals
+
+#: Columns of a row mapping that :meth:`TurnFrame.from_rows` reads.
+ROW_FIELDS = ("event_id", "conversation_id", "turn", "ts", "model_version", "domain", "locale", "score",
+              "scorer", "satisfaction", "prompt_harmful", *(f"sig_{name}" for name in SIGNAL_NAMES))
+
+
+@dataclass(frozen=True)
+class TurnFrame:
+    ts: np.ndarray  # float seconds since the epoch
+    segment: np.ndarray  # str
+    score: np.ndarray  # NaN where the turn has no score
+    satisfaction: np.ndarray  # NaN where the turn has no rating
+    signals: np.ndarray  # (n, len(SIGNAL_NAMES))
+    harmful: np.ndarray  # bool: the prompt asks for something harmful
+    event_id: np.ndarray  # str
+    conversation_id: np.ndarray  # str
+    turn: np.ndarray  # int
+    scorer: np.ndarray  # str ('' when unknown)
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+    @property
+    def rated(self) -> np.ndarray:
+        return ~np.isnan(self.satisfaction) & ~np.isnan(self.score)
+
+    def take(self, index: np.ndarray) -> TurnFrame:
+        return TurnFrame(**{name: getattr(self, name)[index] for name in self.__dataclass_fields__})
+
+    @classmethod
+    def from_rows(cls, rows: Iterable[Mapping[str, Any]], scheme: SegmentScheme,
+                  texts: Mapping[str, tuple[str, str]] | None = None,
+                  required_language: Mapping[str, Sequence[str]] | None = None) -> TurnFrame:
+        """Build a frame from store-shaped rows (:data:`ROW_FIELDS`).
+
+        A row without stored signals (written before they existed) needs its ``(prompt, response)``
+        in ``texts``, keyed by event id, and gets them computed here (with ``required_language``,
+        or the built-in rules when None).
+        """
+        compliance = DEFAULT_COMPLIANCE if required_language is None else required_language
+        rows = list(rows)
+        n = len(rows)
+        signals = np.empty((n, len(SIGNAL_NAMES)))
+        harmful = np.zeros(n, dtype=bool)
+        for i, row in enumerate(rows):
+            values = [row.get(f"sig_{name}") for name in SIGNAL_NAMES]
+            flag = row.get("prompt_harmful")
+            if any(v is None for v in values) or flag is None:
+                prompt, response = (texts or {}).get(str(row["event_id"]), ("", ""))
+                computed = response_signals(prompt, response, domain=row.get("domain"), compliance=compliance)
+                values = [getattr(computed, name) for name in SIGNAL_NAMES] if any(
+                    v is None for v in values) else values
+                if flag is None:
+                    from monitor.risk import is_harmful  # only rows written before risk was stored
+
+                    flag = is_harmful(prompt)
+            signals[i] = values
+            harmful[i] = bool(flag)
+        ts = np.array([_seconds(row["ts"]) for row in rows], dtype=float)
+        frame = cls(
+            ts=ts,
+            segment=np.array([scheme.key(row.get("domain"), row.get("model_version"), row.get("locale"))
+                              for row in rows], dtype=object),
+            score=np.array([np.nan if row.get("score") is None else row["score"] for row in rows], dtype=float),
+            satisfaction=np.array([np.nan if row.get("satisfaction") is None else row["satisfaction"]
+                                   for row in rows], dtype=float),
+            signals=signals,
+            harmful=harmful,
+            event_id=np.array([str(row["event_id"]) for row in rows], dtype=object),
+            conversation_id=np.array([row["conversation_id"] for row in rows], dtype=object),
+            turn=np.array([row["turn"] for row in rows], dtype=np.int64),
+            scorer=np.array([row.get("scorer") or "" for row in rows], dtype=object),
+        )
+        return frame.take(serving_order(frame))
+
+
+def serving_order(frame: TurnFrame) -> np.ndarray:
+    """Indices sorting by (ts, conversation_id, turn): the one order every run agrees on."""
+    return np.array(sorted(range(len(frame)), key=lambda i: (frame.ts[i], frame.conversation_id[i], frame.turn[i])),
+                    dtype=np.int64)
+
+
+def _seconds(value: datetime | float) -> float:
+    return value.timestamp() if isinstance(value, datetime) else float(value)

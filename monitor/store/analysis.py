@@ -1,0 +1,97 @@
+"""Queries of the analyzer's tables (calibrations, alerts, analysis runs) and its view of turns.
+
+Services here ``flush()``; the analyzer run commits once, at its boundary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select, text
+from sqlalchemy.orm import Session
+
+from monitor.analyze.frame import ROW_FIELDS
+from monitor.store.models import Alert, AnalysisRun, Calibration, Turn, utcnow
+
+#: Arbitrary but fixed key of the PostgreSQL advisory lock that keeps to one analyzer at a time.
+ANALYZER_LOCK_KEY = 0x6D6F6E61  # "mona"
+
+
+def try_analyzer_lock(session: Session) -> bool:
+    """Take the transaction-scoped analyzer lock; False when another analyzer holds it.
+
+    SQLite allows one writer anyway, so there the lock is implicit.
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        return True
+    return bool(session.execute(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": ANALYZER_LOCK_KEY}).scalar())
+
+
+def turn_rows(session: Session) -> tuple[list[dict[str, Any]], dict[str, tuple[str, str]]]:
+    """Every turn's analysis columns, plus (prompt, response) for the rows stored without signals."""
+    columns = [getattr(Turn, name) for name in ROW_FIELDS]
+    rows = [dict(row._mapping) for row in session.execute(select(*columns))]
+    texts = {
+        str(event_id): (prompt, response)
+        for event_id, prompt, response in session.execute(
+            select(Turn.event_id, Turn.prompt, Turn.response).where(
+                (Turn.sig_length_tokens.is_(None)) | (Turn.prompt_harmful.is_(None)))
+        )
+    }
+    return rows, texts
+
+
+def calibration_params(session: Session) -> dict[str, dict]:
+    return {row.segment: row.params for row in session.scalars(select(Calibration))}
+
+
+def save_calibration(session: Session, segment: str, params: dict, *, labels: int, scorer: str | None,
+                     reference_from: datetime, reference_to: datetime) -> None:
+    session.merge(Calibration(segment=segment, params=params, labels=labels, scorer=scorer,
+                              reference_from=reference_from, reference_to=reference_to, fitted_at=utcnow()))
+    session.flush()
+
+
+def delete_calibrations(session: Session, segments: Iterable[str] | None = None) -> int:
+    """Forget calibrations (all, or those of ``segments``) so the next run fits them again."""
+    query = select(Calibration)
+    if segments is not None:
+        query = query.where(Calibration.segment.in_(list(segments)))
+    rows = list(session.scalars(query))
+    for row in rows:
+        session.delete(row)
+    session.flush()
+    return len(rows)
+
+
+def alerts_by_key(session: Session) -> dict[str, Alert]:
+    return {alert.key: alert for alert in session.scalars(select(Alert))}
+
+
+def unpublished_alerts(session: Session) -> list[Alert]:
+    return list(session.scalars(
+        select(Alert).where((Alert.published_state.is_(None)) | (Alert.published_state != Alert.state))
+        .order_by(Alert.id)))
+
+
+def list_alerts(session: Session, *, state: str | None = None, segment: str | None = None,
+                limit: int = 100) -> list[Alert]:
+    query = select(Alert).order_by(Alert.started_at.desc(), Alert.id.desc()).limit(limit)
+    if state is not None:
+        query = query.where(Alert.state == state)
+    if segment is not None:
+        query = query.where(Alert.segment == segment)
+    return list(session.scalars(query))
+
+
+def latest_run(session: Session, *, with_report: bool = False) -> AnalysisRun | None:
+    query = select(AnalysisRun).order_by(AnalysisRun.id.desc()).limit(1)
+    if with_report:
+        query = query.where(AnalysisRun.drift_html.is_not(None))  # JSON None is stored as 'null'
+    return session.scalars(query).first()
+
+
+def from_seconds(seconds: float | None) -> datetime | None:
+    return None if seconds is None else datetime.fromtimestamp(seconds, UTC)

@@ -1,0 +1,42 @@
+"""Simulated traffic with a known divergence, and a direct path into the store, for analyzer tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from monitor.ingest.decode import decode_batch, rating_row, turn_row
+from monitor.ingest.records import KafkaRecord
+from monitor.scoring.base import ScoreOutcome
+from monitor.sim.scenarios import Scenario
+from monitor.sim.traffic import SimulatedMessage, TrafficSimulator
+from monitor.store.models import utcnow
+from monitor.store.writes import write_ingest_batch
+
+REFERENCE = 200
+RATING_RATE = 0.5
+# Every segment has its reference well before the onset: 5 segments x 200 labels at 50% ratings.
+ONSET_S = 1.6 * REFERENCE * 5 / RATING_RATE / 10
+
+
+def s1_traffic(seed: int = 3) -> list[SimulatedMessage]:
+    """Length hacking from ONSET_S on, at 10 turns per second."""
+    simulator = TrafficSimulator(seed, rating_rate=RATING_RATE, scenario=Scenario("S1", onset_s=ONSET_S))
+    return list(simulator.messages(10.0, ONSET_S + 500))
+
+
+def write(sessions, messages: Iterable[SimulatedMessage], chunk: int = 1000) -> None:
+    """Write messages through the ingest decoder into the store, ``chunk`` records per batch."""
+    messages = list(messages)
+    for start in range(0, len(messages), chunk):
+        records = [KafkaRecord(m.kind + "s", 0, start + i, m.key.encode(), m.value)
+                   for i, m in enumerate(messages[start:start + chunk])]
+        batch = decode_batch(records, conversations_topic="conversations", ratings_topic="ratings")
+        now = utcnow()
+        with sessions.begin() as session:
+            write_ingest_batch(session, group_id="g",
+                               turns=[turn_row(r, e, ScoreOutcome(e.reward), "producer", now)
+                                      for r, e in batch.conversations],
+                               ratings=[rating_row(r, e, now) for r, e in batch.ratings],
+                               dead_letters=[], next_offsets={})
+
+

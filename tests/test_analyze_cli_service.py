@@ -1,0 +1,72 @@
+"""`monitor analyze`, `monitor bench detect` (as subprocesses) and the analyzer schedule in `serve`."""
+
+from __future__ import annotations
+
+import httpx
+
+from monitor.store.db import make_engine, make_session_factory
+from monitor.store.migrate import upgrade
+from tests.analysis_data import REFERENCE, s1_traffic, write
+from tests.helpers import ServiceThread, produce, wait_for
+from tests.test_cli import run
+
+
+def test_analyze_once_then_refit(tmp_path) -> None:
+    url = f"sqlite:///{tmp_path / 'analyze.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    write(make_session_factory(engine), s1_traffic())
+    engine.dispose()
+    settings = {"database_url": url, "analyze_reference_labels": REFERENCE, "analyze_window_minutes": 10}
+
+    first = run("analyze", "--no-publish", **settings)
+    assert first.returncode == 0, first.stderr
+    assert "calibrations fitted: cards/*/*, fraud/*/*, general/*/*, investments/*/*, payments/*/*" in first.stdout
+    assert "drifted columns:" in first.stdout and "length_tokens" in first.stdout
+    opened = int(first.stdout.split("alerts: ")[1].split(" opened")[0])
+    assert opened >= 1
+
+    again = run("analyze", "--no-publish", "--refit", analyze_drift_rows=0, **settings)
+    assert again.returncode == 0, again.stderr
+    assert "forgot 5 calibration(s)" in again.stderr
+    assert "alerts: 0 opened" in again.stdout  # the same data refitted finds the same episodes
+
+
+def test_analyze_reports_an_unreachable_database() -> None:
+    result = run("analyze", database_url="postgresql://nobody@127.0.0.1:1/none")
+    assert result.returncode == 1 and "error:" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bench_detect_prints_every_figure() -> None:
+    result = run("bench", "detect", "--b1-labels", "3000", "--trials", "20", "--scenarios", "S1",
+                 "--labels-after-onset", "400", timeout=600)
+    assert result.returncode == 0, result.stderr
+    for figure in ("false alarms:", "river PageHinkley", "delay to a 0.5 SD shift: median", "S1 1 abrupt 20%",
+                   "B2 AUROC", "attribution macro-F1", "S5 divergence alerts"):
+        assert figure in result.stdout
+    assert "cusum/down/verbosity" in result.stdout
+
+
+def test_bench_detect_rejects_an_unknown_scenario() -> None:
+    result = run("bench", "detect", "--scenarios", "S1,S9")
+    assert result.returncode == 2 and "unknown scenario(s) S9" in result.stderr
+
+
+def test_serve_runs_the_analyzer_on_its_schedule(topic_settings, tmp_path) -> None:
+    settings = topic_settings(database_url=f"sqlite:///{tmp_path / 'serve.db'}", analyze_interval_seconds=1.0,
+                              analyze_reference_labels=REFERENCE, analyze_window_minutes=10.0,
+                              analyze_drift_rows=100)
+    with ServiceThread(settings) as service, httpx.Client(base_url=service.url, timeout=10) as http:
+        produce(settings, [(settings.conversations_topic if m.kind == "conversation" else settings.ratings_topic,
+                            m.key.encode(), m.value) for m in s1_traffic()])
+
+        def firing() -> list[dict]:
+            return http.get("/v1/alerts", params={"state": "firing"}).json()["alerts"]
+
+        alerts = wait_for(firing, timeout=120, interval=1.0, what="a firing alert")
+        assert any(a["mode"] == "verbosity" and a["direction"] == "down" for a in alerts)
+        wait_for(lambda: all(a["published"] for a in firing()), timeout=60, what="alerts published")
+        metrics = http.get("/metrics").text
+        assert 'monitor_analyze_runs_total{outcome="ok"}' in metrics
+        assert "monitor_alerts_firing{" in metrics and "monitor_segment_satisfaction_ratio{" in metrics
+        assert http.get("/v1/segments").status_code == 200

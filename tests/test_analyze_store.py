@@ -1,0 +1,198 @@
+"""The analyzer against the real store (SQLite and PostgreSQL), the real broker and the real API."""
+
+from __future__ import annotations
+
+import json
+import uuid
+import zlib
+from collections.abc import Iterable
+
+import httpx
+import pytest
+from prometheus_client import CollectorRegistry
+from sqlalchemy import select, update
+
+from monitor.analyze.engine import AnalysisConfig
+from monitor.analyze.runner import Analyzer
+from monitor.api.app import create_app
+from monitor.api.context import AppContext
+from monitor.api.server import ApiServer
+from monitor.broker import free_port
+from monitor.events import parse_flag
+from monitor.ingest.decode import decode_batch, rating_row, turn_row
+from monitor.ingest.health import HealthState
+from monitor.ingest.records import KafkaRecord
+from monitor.metrics import Metrics
+from monitor.scoring.base import ProducerRewardScorer, ScoreOutcome
+from monitor.sim.scenarios import Scenario
+from monitor.sim.traffic import SimulatedMessage, TrafficSimulator
+from monitor.store.db import make_engine, make_session_factory
+from monitor.store.migrate import upgrade
+from monitor.store.models import Alert, Calibration, Turn, utcnow
+from monitor.store.writes import write_ingest_batch
+from tests.analysis_data import REFERENCE, s1_traffic, write
+from tests.helpers import read_topic
+
+@pytest.fixture
+def sessions(migrated_url: str):
+    engine = make_engine(migrated_url)
+    yield make_session_factory(engine)
+    engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def traffic() -> list[SimulatedMessage]:
+    return s1_traffic()
+
+
+def analyzer_settings(topic_settings, url: str, **overrides):
+    values = {"analyze_reference_labels": REFERENCE, "analyze_drift_rows": 150, "analyze_window_minutes": 10.0,
+              "database_url": url, "flags_topic": f"flags-{uuid.uuid4().hex[:8]}"}
+    values.update(overrides)
+    return topic_settings(**values)
+
+
+def alerts(sessions) -> list[Alert]:
+    with sessions() as session:
+        return list(session.scalars(select(Alert).order_by(Alert.key)))
+
+
+def test_length_hacking_is_flagged_persisted_published_and_served(traffic, sessions, migrated_url, topic_settings):
+    write(sessions, traffic)
+    settings = analyzer_settings(topic_settings, migrated_url)
+    registry = CollectorRegistry()
+    analyzer = Analyzer(settings, sessions, metrics=Metrics(registry))
+    summary = analyzer.run_once()
+
+    assert len(summary.fitted) == 5 and summary.opened >= 1 and summary.publish_error is None
+    stored = alerts(sessions)
+    hacked = [a for a in stored if a.detector == "cusum" and a.direction == "down" and a.state == "firing"]
+    assert hacked and {a.mode for a in hacked} == {"verbosity"}
+    assert all(a.published_state == a.state for a in stored)
+    assert registry.get_sample_value("monitor_flags_published_total", {"state": "firing"}) == len(
+        [a for a in stored if a.state == "firing"])
+    firing_series = sum(registry.get_sample_value("monitor_alerts_firing", {"segment": a.segment,
+                                                                            "detector": a.detector}) or 0
+                        for a in {(a.segment, a.detector): a for a in hacked}.values())
+    assert firing_series >= 1
+    assert registry.get_sample_value("monitor_analyze_runs_total", {"outcome": "ok"}) == 1
+
+    published = read_topic(settings, settings.flags_topic, len(stored))
+    flags = [parse_flag(json.dumps(message).encode()) for message in published]
+    assert {f.alert_key for f in flags} == {a.key for a in stored}
+    assert all(f.mode == "verbosity" for f in flags if f.alert_key in {a.key for a in hacked})
+
+    # A second run over the same store re-detects the same episodes: nothing new, nothing re-sent.
+    again = analyzer.run_once()
+    assert again.opened == 0 and again.published == 0 and again.fitted == []
+    assert [a.key for a in alerts(sessions)] == [a.key for a in stored]
+
+    engine = make_engine(migrated_url)
+    api = ApiServer(create_app(AppContext(settings, engine, sessions, HealthState(), registry,
+                                          ProducerRewardScorer())), "127.0.0.1", 0)
+    api.start()
+    try:
+        with httpx.Client(base_url=api.url, timeout=10) as http:
+            listed = http.get("/v1/alerts", params={"state": "firing"}).json()["alerts"]
+            assert {a["key"] for a in listed} == {a.key for a in stored if a.state == "firing"}
+            first = next(a for a in listed if a["key"] == hacked[0].key)
+            assert first["mode"] == "verbosity" and first["published"] is True
+            assert first["evidence"]["attribution"]["by_mode"]["verbosity"] < 0
+            assert first["evidence"]["top_examples"]
+            assert http.get("/v1/alerts", params={"state": "nonsense"}).status_code == 422
+
+            segments = http.get("/v1/segments").json()
+            by_name = {s["segment"]: s for s in segments["segments"]}
+            diverging = by_name[hacked[0].segment]
+            assert diverging["status"] == "diverging" and "verbosity" in diverging["modes"]
+            assert diverging["estimated_satisfaction"] > diverging["realised_satisfaction"]
+            assert diverging["gap_ci95"][1] < 0
+
+            drift = http.get("/v1/reports/drift").json()
+            # Length hacking moves the length signals away from the reference: the report says so.
+            assert "length_tokens" in drift["report"]["drifted_columns"]
+            page = http.get("/v1/reports/drift", params={"format": "html"})
+            assert page.headers["content-type"].startswith("text/html") and "length_tokens" in page.text
+    finally:
+        api.stop()
+        engine.dispose()
+
+
+def test_unpublished_alerts_are_sent_once_the_broker_is_back(traffic, sessions, migrated_url, topic_settings):
+    write(sessions, traffic)
+    down = analyzer_settings(topic_settings, migrated_url, kafka_bootstrap=f"127.0.0.1:{free_port()}",
+                             analyze_drift_rows=0)
+    summary = Analyzer(down, sessions).run_once()
+    assert summary.opened >= 1 and summary.published == 0 and "flags topic" in summary.publish_error
+    assert all(a.published_state is None for a in alerts(sessions))
+
+    up = analyzer_settings(topic_settings, migrated_url, analyze_drift_rows=0)
+    retry = Analyzer(up, sessions).run_once()
+    assert retry.opened == 0 and retry.published == len(alerts(sessions))
+    assert len(read_topic(up, up.flags_topic, retry.published)) == retry.published
+
+
+def test_alerts_do_not_depend_on_how_many_workers_wrote_the_rows_or_in_what_order(
+        traffic, migrated_url, tmp_path, topic_settings):
+    """Two 'workers' (split by conversation, as Kafka partitions would) writing in reverse batch
+    order give the same alerts as one worker writing in order."""
+    results = []
+    for layout in ("one worker", "two workers"):
+        url = migrated_url if layout == "one worker" else f"sqlite:///{tmp_path / 'two.db'}"
+        upgrade(url)
+        engine = make_engine(url)
+        sessions = make_session_factory(engine)
+        if layout == "one worker":
+            write(sessions, traffic)
+        else:
+            workers = [[m for m in traffic if zlib.crc32(m.key.encode()) % 2 == w] for w in (0, 1)]
+            for worker in workers:
+                chunks = [worker[i:i + 700] for i in range(0, len(worker), 700)]
+                for chunk in reversed(chunks):
+                    write(sessions, chunk)
+        Analyzer(analyzer_settings(topic_settings, url, analyze_drift_rows=0), sessions).run_once(publish=False)
+        results.append([(a.key, a.state, a.mode) for a in alerts(sessions)])
+        engine.dispose()
+    assert results[0] and results[0] == results[1]
+
+
+def test_rows_stored_without_signals_are_analysed_the_same(traffic, sessions, migrated_url, topic_settings):
+    write(sessions, traffic)
+    settings = analyzer_settings(topic_settings, migrated_url, analyze_drift_rows=0)
+    Analyzer(settings, sessions).run_once(publish=False)
+    before = [(a.key, a.mode) for a in alerts(sessions)]
+    with sessions.begin() as session:
+        # As if written before migration 0003: no signals, no prompt risk, no calibrations yet.
+        session.execute(update(Turn).values(sig_length_tokens=None, prompt_harmful=None))
+        session.execute(Calibration.__table__.delete())
+        session.execute(Alert.__table__.delete())
+    Analyzer(settings, sessions).run_once(publish=False)
+    assert [(a.key, a.mode) for a in alerts(sessions)] == before
+
+
+def test_an_empty_store_gives_an_empty_run_and_the_api_says_why(sessions, migrated_url, topic_settings):
+    settings = analyzer_settings(topic_settings, migrated_url)
+    summary = Analyzer(settings, sessions).run_once()
+    assert (summary.turns, summary.opened, summary.drift) == (0, 0, None)
+    assert "not enough data" in summary.report()
+    engine = make_engine(migrated_url)
+    api = ApiServer(create_app(AppContext(settings, engine, sessions, HealthState(), CollectorRegistry(),
+                                          ProducerRewardScorer())), "127.0.0.1", 0)
+    api.start()
+    try:
+        segments = httpx.get(f"{api.url}/v1/segments", timeout=10).json()
+        assert all(s["status"] == "warming_up" and s["reference_labels_needed"] == REFERENCE
+                   for s in segments["segments"])
+        missing = httpx.get(f"{api.url}/v1/reports/drift", timeout=10)
+        assert missing.status_code == 404 and "no drift report yet" in missing.json()["error"]["message"]
+        assert httpx.get(f"{api.url}/v1/alerts", timeout=10).json() == {"alerts": []}
+    finally:
+        api.stop()
+        engine.dispose()
+
+
+def test_config_defaults_match_the_engine_defaults(topic_settings) -> None:
+    settings = topic_settings()
+    config = AnalysisConfig.from_settings(settings)
+    assert config.reference_labels == AnalysisConfig().reference_labels
+    assert config.false_alarm_labels == AnalysisConfig().false_alarm_labels
