@@ -124,7 +124,7 @@ def analyze(
             if refit:
                 with sessions.begin() as session:
                     typer.echo(f"forgot {delete_calibrations(session)} calibration(s)", err=True)
-            summary = Analyzer(settings, sessions).run_once(publish=publish)
+            summary = Analyzer(settings, sessions).run_once(publish=publish, drift=True)
         finally:
             engine.dispose()
     except MonitorError as exc:
@@ -254,8 +254,12 @@ def bench_detect(
     trials: Annotated[int, typer.Option(help="Injected-shift trials for the B1 delay.", min=10)] = 300,
     scenarios: Annotated[str, typer.Option(help="Comma-separated scenarios to run after B1.")] = "S1,S2,S3,S4,S5,S6,S7",
     labels_after_onset: Annotated[int, typer.Option(help="Rated turns per segment after each onset.", min=100)] = 2000,
+    seeds: Annotated[int, typer.Option(help="Runs (seeds) per scenario setting.", min=1)] = 1,
+    reference_labels: Annotated[int, typer.Option(help="Rated turns per segment reference.", min=50)] = 500,
+    false_alarm_labels: Annotated[int, typer.Option(help="False-alarm budget: 1 per N rated turns.", min=100)] = 10_000,
 ) -> None:
     """Detection quality on simulated scenarios: false alarms, delay, AUROC, attribution F1, S5."""
+    from monitor.analyze.engine import AnalysisConfig
     from monitor.bench.detect import run_detect_benchmark
     from monitor.sim.scenarios import SCENARIO_NAMES
 
@@ -265,6 +269,8 @@ def bench_detect(
         typer.echo(f"error: unknown scenario(s) {', '.join(unknown)}; known: {', '.join(SCENARIO_NAMES)}", err=True)
         raise typer.Exit(2)
     result = run_detect_benchmark(full=full, seed=seed, b1_labels=b1_labels, b1_trials=trials, scenarios=names,
-                                  labels_after_onset=labels_after_onset,
+                                  labels_after_onset=labels_after_onset, seeds=seeds,
+                                  config=AnalysisConfig(reference_labels=reference_labels,
+                                                        false_alarm_labels=false_alarm_labels, window_seconds=1800.0),
                                   echo=lambda line: typer.echo(line, err=True))
     typer.echo(result.report())

@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     analyze_resolve_labels: int = Field(
         default=300, ge=10, description="Rated turns without a new detection before an alert resolves."
     )
+    analyze_drift_interval_seconds: float = Field(
+        default=600.0, ge=0, description="Scheduled runs rebuild the drift report at most this often."
+    )
     analyze_drift_rows: int = Field(
         default=1000, ge=0, description="Turns sampled per window for the drift report; 0 turns the report off."
     )

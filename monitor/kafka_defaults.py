@@ -1,5 +1,28 @@
-"""Client settings shared by every Kafka client `monitor` creates."""
+"""Client settings, and the acknowledged send, shared by every Kafka client `monitor` creates."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from kafka import KafkaProducer
+from kafka.errors import KafkaError
+
+from monitor.errors import BrokerUnavailable
 
 #: How long a client constructor waits for the first broker answer. kafka-python's default (30 s)
 #: would keep a stop request waiting; the service retries with its own backoff instead.
 BOOTSTRAP_TIMEOUT_MS = 5000
+#: How long one acknowledged send may wait for the broker.
+FLUSH_TIMEOUT_S = 30.0
+
+
+def send_acknowledged(producer: KafkaProducer, topic: str, messages: Iterable[tuple[bytes | None, bytes]]) -> None:
+    """Send (key, value) pairs and wait until Kafka acknowledged every one of them; raise
+    :class:`BrokerUnavailable` otherwise (the caller then keeps them for a retry)."""
+    try:
+        futures = [producer.send(topic, key=key, value=value) for key, value in messages]
+        producer.flush(timeout=FLUSH_TIMEOUT_S)
+        for future in futures:
+            future.get(timeout=FLUSH_TIMEOUT_S)
+    except KafkaError as exc:
+        raise BrokerUnavailable(f"topic {topic!r} did not acknowledge: {exc}") from exc

@@ -41,7 +41,7 @@ def test_bench_detect_prints_every_figure() -> None:
     result = run("bench", "detect", "--b1-labels", "3000", "--trials", "20", "--scenarios", "S1",
                  "--labels-after-onset", "400", timeout=600)
     assert result.returncode == 0, result.stderr
-    for figure in ("false alarms:", "river PageHinkley", "delay to a 0.5 SD shift: median", "S1 1 abrupt 20%",
+    for figure in ("false alarms:", "river PageHinkley", "delay to a 0.5 SD shift: median", "S1 1 abrupt 20% seed 1",
                    "B2 AUROC", "attribution macro-F1", "S5 divergence alerts"):
         assert figure in result.stdout
     assert "cusum/down/verbosity" in result.stdout

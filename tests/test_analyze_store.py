@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import uuid
 import zlib
-from collections.abc import Iterable
 
 import httpx
 import pytest
@@ -19,17 +18,13 @@ from monitor.api.context import AppContext
 from monitor.api.server import ApiServer
 from monitor.broker import free_port
 from monitor.events import parse_flag
-from monitor.ingest.decode import decode_batch, rating_row, turn_row
 from monitor.ingest.health import HealthState
-from monitor.ingest.records import KafkaRecord
 from monitor.metrics import Metrics
-from monitor.scoring.base import ProducerRewardScorer, ScoreOutcome
-from monitor.sim.scenarios import Scenario
-from monitor.sim.traffic import SimulatedMessage, TrafficSimulator
+from monitor.scoring.base import ProducerRewardScorer
 from monitor.store.db import make_engine, make_session_factory
 from monitor.store.migrate import upgrade
-from monitor.store.models import Alert, Calibration, Turn, utcnow
-from monitor.store.writes import write_ingest_batch
+from monitor.store.analysis import prune_runs
+from monitor.store.models import Alert, AnalysisRun, Calibration, Turn
 from tests.analysis_data import REFERENCE, s1_traffic, write
 from tests.helpers import read_topic
 
@@ -41,7 +36,7 @@ def sessions(migrated_url: str):
 
 
 @pytest.fixture(scope="module")
-def traffic() -> list[SimulatedMessage]:
+def traffic() -> list:
     return s1_traffic()
 
 
@@ -196,3 +191,16 @@ def test_config_defaults_match_the_engine_defaults(topic_settings) -> None:
     config = AnalysisConfig.from_settings(settings)
     assert config.reference_labels == AnalysisConfig().reference_labels
     assert config.false_alarm_labels == AnalysisConfig().false_alarm_labels
+
+
+def test_old_runs_and_old_report_pages_are_pruned(sessions) -> None:
+    with sessions.begin() as session:
+        for n in range(6):
+            session.add(AnalysisRun(labelled=n, segments=[], drift_summary={"n": n}, drift_html=f"<html>{n}</html>"))
+        session.flush()
+        prune_runs(session, keep=4, reports_kept=2)
+    with sessions() as session:
+        runs = list(session.scalars(select(AnalysisRun).order_by(AnalysisRun.id)))
+    assert [r.labelled for r in runs] == [2, 3, 4, 5]
+    assert [r.drift_html is not None for r in runs] == [False, False, True, True]
+    assert all(r.drift_summary for r in runs)  # summaries are small and stay

@@ -260,7 +260,11 @@ def _run_evidently(ref: pd.DataFrame, cur: pd.DataFrame, plans: dict[str, dict[s
     definition = ev.DataDefinition(numerical_columns=list(ref.columns))
     # A column that is constant in a window has zero variance, and evidently's correlation table
     # divides by it: NaN correlations in a table we do not read, and a RuntimeWarning we silence.
-    with np.errstate(divide="ignore", invalid="ignore"):
+    # SciPy's K-S test falls back from its exact to its asymptotic p-value on large tied samples
+    # and says so with a RuntimeWarning; the asymptotic p-value is the right one there.
+    with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="ks_2samp: Exact calculation unsuccessful",
+                                category=RuntimeWarning)
         return ev.Report(presets, include_tests=True).run(
             ev.Dataset.from_pandas(cur, data_definition=definition),
             ev.Dataset.from_pandas(ref, data_definition=definition),

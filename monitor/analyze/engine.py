@@ -180,8 +180,7 @@ def _cusum_episodes(segment: str, stream: _Stream, frame: TurnFrame, calibration
                 current.resolved_at = float(ts[i])
                 del open_[direction]
     for episode in episodes:
-        episode.evidence["cusum"] = {"k": calibration.cusum_k, "h": calibration.cusum_h,
-                                     "upper": detector.upper, "lower": detector.lower}
+        episode.evidence["cusum"] = {"k": calibration.cusum_k, "h": calibration.cusum_h}
     return episodes
 
 

@@ -14,11 +14,10 @@ from kafka.errors import KafkaError
 
 from monitor.errors import BrokerUnavailable
 from monitor.events import FLAG_SCHEMA, FlagEvent, to_wire
-from monitor.kafka_defaults import BOOTSTRAP_TIMEOUT_MS
+from monitor.kafka_defaults import BOOTSTRAP_TIMEOUT_MS, send_acknowledged
 from monitor.store.models import Alert, utcnow
 
 _FLAG_NAMESPACE = uuid.UUID("4f1d7c4e-0d0b-4a55-9b7e-6d6f6e69746f")
-_FLUSH_TIMEOUT_S = 30.0
 _WINDOW_FIELDS = ("labels", "from", "to", "mean_residual", "z", "reward_mean", "satisfaction_mean",
                   "predicted_satisfaction_mean")
 
@@ -49,14 +48,8 @@ class FlagPublisher:
 
     def publish(self, alerts: Sequence[Alert]) -> None:
         """Send one event per alert and wait for every acknowledgement; raise :class:`BrokerUnavailable`."""
-        try:
-            futures = [self._producer.send(self.topic, key=alert.segment.encode(), value=to_wire(flag_event(alert)))
-                       for alert in alerts]
-            self._producer.flush(timeout=_FLUSH_TIMEOUT_S)
-            for future in futures:
-                future.get(timeout=_FLUSH_TIMEOUT_S)
-        except KafkaError as exc:
-            raise BrokerUnavailable(f"flags topic {self.topic!r} did not acknowledge: {exc}") from exc
+        send_acknowledged(self._producer, self.topic,
+                          ((alert.segment.encode(), to_wire(flag_event(alert))) for alert in alerts))
 
     def close(self) -> None:
         self._producer.close(timeout=5)

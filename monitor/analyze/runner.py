@@ -32,6 +32,8 @@ from monitor.store.analysis import (
     alerts_by_key,
     calibration_params,
     from_seconds,
+    latest_run,
+    prune_runs,
     save_calibration,
     try_analyzer_lock,
     turn_rows,
@@ -40,6 +42,11 @@ from monitor.store.analysis import (
 from monitor.store.models import Alert, AnalysisRun, utcnow
 
 log = logging.getLogger(__name__)
+
+#: Runs kept in ``analysis_runs`` (one a minute: more than an hour and a half of history), and how
+#: many of them keep their drift report's HTML (a few MB each).
+RUNS_KEPT = 100
+REPORTS_KEPT = 3
 
 
 @dataclass
@@ -57,6 +64,7 @@ class RunSummary:
     drift: dict | None = None
     locked: bool = False
     seconds: float = 0.0
+    drift_built: bool = False
 
     def report(self) -> str:
         lines = [f"analysed {self.turns} turns ({self.labelled} rated) in {self.seconds:.1f} s",
@@ -64,7 +72,7 @@ class RunSummary:
                  f"alerts: {self.opened} opened, {self.resolved} resolved, {self.firing} firing",
                  f"flags published: {self.published}" + (f" (failed: {self.publish_error})" if self.publish_error else "")]
         if self.drift is None:
-            lines.append("drift report: not enough data yet")
+            lines.append("drift report: not enough data yet" if self.drift_built else "drift report: not due yet")
         else:
             drifted = ", ".join(self.drift.get("drifted_columns", [])) or "none"
             embeddings = self.drift.get("embeddings") or {}
@@ -86,7 +94,9 @@ class Analyzer:
             lambda: FlagPublisher(settings.bootstrap_servers, settings.flags_topic))
         self._drift = drift if drift is not None else DriftInputs(rows=settings.analyze_drift_rows)
 
-    def run_once(self, *, publish: bool = True) -> RunSummary:
+    def run_once(self, *, publish: bool = True, drift: bool | None = None) -> RunSummary:
+        """One run. ``drift``: build the drift report (None: when the last one is older than
+        ``analyze_drift_interval_seconds``, so a one-minute schedule does not pay for it every time)."""
         started = time.monotonic()
         summary = RunSummary()
         try:
@@ -95,7 +105,7 @@ class Analyzer:
                     summary.locked = True
                     self._count("locked")
                     return summary
-                self._analyze(session, summary)
+                self._analyze(session, summary, drift)
         except SQLAlchemyError as exc:
             self._count("error")
             raise StoreUnavailable(f"analysis could not read or write the store: {exc}") from exc
@@ -108,7 +118,7 @@ class Analyzer:
             self.metrics.analyze_last_success.set(time.time())
         return summary
 
-    def _analyze(self, session: Session, summary: RunSummary) -> None:
+    def _analyze(self, session: Session, summary: RunSummary, drift: bool | None) -> None:
         rows, texts = turn_rows(session)
         frame = TurnFrame.from_rows(rows, self.scheme, texts,
                                     required_language=self.settings.required_language)
@@ -123,7 +133,11 @@ class Analyzer:
                              reference_from=from_seconds(calibration.reference_from),
                              reference_to=from_seconds(calibration.reference_to))
         opened, resolved, firing = _sync_alerts(session, analysis.episodes)
-        report = build_drift_report(session, frame, analysis, self.config, self._drift)
+        if drift is None:
+            last = latest_run(session, with_report=True)
+            drift = last is None or (utcnow() - last.finished_at).total_seconds() >= \
+                self.settings.analyze_drift_interval_seconds
+        report = build_drift_report(session, frame, analysis, self.config, self._drift) if drift else None
         session.add(AnalysisRun(
             finished_at=utcnow(), watermark=from_seconds(analysis.watermark), labelled=analysis.labelled,
             segments=analysis.segments, drift_summary=report.summary if report else None,
@@ -132,6 +146,8 @@ class Analyzer:
         summary.turns, summary.labelled, summary.fitted = len(frame), analysis.labelled, analysis.fitted
         summary.opened, summary.resolved, summary.firing = len(opened), len(resolved), len(firing)
         summary.drift = report.summary if report else None
+        summary.drift_built = drift
+        prune_runs(session, keep=RUNS_KEPT, reports_kept=REPORTS_KEPT)
         self._record(analysis, firing, opened)
         log.info("analysis run", extra={"turns": summary.turns, "labelled": summary.labelled,
                                         "fitted": analysis.fitted, "opened": summary.opened,

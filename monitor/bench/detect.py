@@ -104,15 +104,24 @@ class B1Result:
         return None if self.river_false_alarms is None else 1e4 * self.river_false_alarms / max(1, self.labels)
 
 
+#: Rated turns per independent S0 stream in B1: each stream has its own references, and a false
+#: alarm rate measured on one set of references says more about their luck than about the method.
+B1_STREAM_LABELS = 20_000
+
+
 def run_b1(config: AnalysisConfig, *, labels: int, trials: int, seed: int, shift: float = 0.5) -> B1Result:
-    """False alarms on S0 streams of about ``labels`` rated turns; delays of an injected shift."""
-    simulator = TrafficSimulator(seed, rating_rate=1.0, scenario=Scenario("S0"))
-    turns = labels + config.reference_labels * len(DOMAINS) * 2
-    data = scenario_frame(simulator.conversations(turns, rate=TURN_RATE))
-    analysis = analyze(data.frame, {}, config, SCHEME)
-    streams = _streams(data.frame, analysis)
+    """False alarms on S0 streams (about ``labels`` rated turns in all, in independent streams of
+    :data:`B1_STREAM_LABELS`); delays of a ``shift`` SD drop injected at random points."""
+    streams: dict[str, tuple[np.ndarray, object]] = {}
+    false_alarms = 0
+    for index in range(max(1, round(labels / B1_STREAM_LABELS))):
+        simulator = TrafficSimulator(seed + 101 * index, rating_rate=1.0, scenario=Scenario("S0"))
+        turns = min(labels, B1_STREAM_LABELS) + config.reference_labels * len(DOMAINS) * 2
+        data = scenario_frame(simulator.conversations(turns, rate=TURN_RATE))
+        analysis = analyze(data.frame, {}, config, SCHEME)
+        streams.update({f"{name}#{index}": stream for name, stream in _streams(data.frame, analysis).items()})
+        false_alarms += sum(e.detections for e in analysis.episodes)
     total = sum(len(z) for z, _ in streams.values())
-    false_alarms = sum(e.detections for e in analysis.episodes)
     rng = np.random.default_rng(seed)
     delays: list[int] = []
     names = sorted(streams)
@@ -167,6 +176,7 @@ class ScenarioResult:
     auroc: float | None
     delay_labels: int | None  # rated turns of the segment between onset and the first alert
     drift: dict | None = None
+    seed: int = 0
 
 
 def run_scenario(scenario: Scenario, config: AnalysisConfig, *, rating_rate: float, seed: int,
@@ -188,7 +198,7 @@ def run_scenario(scenario: Scenario, config: AnalysisConfig, *, rating_rate: flo
         delay = int((rated & (data.frame.ts >= onset) & (data.frame.ts <= first.started_at)).sum())
     return ScenarioResult(scenario, rating_rate, [(e.detector, e.direction, e.mode) for e in after],
                           len(analysis.episodes) - len(after), auroc, delay,
-                          drift(data, analysis) if drift else None)
+                          drift(data, analysis) if drift else None, seed)
 
 
 def macro_f1(pairs: list[tuple[str, str]]) -> float:
@@ -223,9 +233,9 @@ class DetectBenchmark:
         delays = sorted(b1.delays)
         lines = [
             "B1 (S0, rated turns):",
-            f"  false alarms: {b1.false_alarms} in {b1.labels} rated turns = {b1.false_alarms_per_10k:.2f} per 10k "
-            "(target <= 1)",
-            f"  river PageHinkley defaults, same streams: "
+            f"  false alarms: {b1.false_alarms} in {b1.labels} rated turns of {len(b1.thresholds)} segment streams = "
+            f"{b1.false_alarms_per_10k:.2f} per 10k (target <= 1)",
+            "  river PageHinkley defaults, same streams: "
             + ("not installed" if b1.river_per_10k is None else f"{b1.river_per_10k:.2f} per 10k"),
             f"  delay to a 0.5 SD shift: median {statistics.median(delays):.0f} rated turns "
             f"(p90 {delays[int(0.9 * (len(delays) - 1))]}, {len(delays)} trials; target <= 75)",
@@ -234,7 +244,8 @@ class DetectBenchmark:
                      "false alarms before, delay, AUROC):")
         for r in self.scenarios:
             alerts = ", ".join(f"{d}/{s}/{m}" for d, s, m in r.alerts) or "none"
-            lines.append(f"  {r.scenario.name} {r.scenario.size:g} {r.scenario.shape} {r.rating_rate:.0%}: {alerts}; "
+            lines.append(f"  {r.scenario.name} {r.scenario.size:g} {r.scenario.shape} {r.rating_rate:.0%} "
+                         f"seed {r.seed}: {alerts}; "
                          f"before onset {r.early_alerts}; delay {r.delay_labels}; "
                          f"AUROC {'n/a' if r.auroc is None else f'{r.auroc:.3f}'}")
             if r.drift is not None:
@@ -243,11 +254,14 @@ class DetectBenchmark:
         aurocs = [r.auroc for r in self.scenarios if r.auroc is not None and r.scenario.name in SCENARIO_MODES]
         pairs = self.attribution_pairs()
         s5 = [r for r in self.scenarios if r.scenario.name == "S5"]
+        s0 = [r for r in self.scenarios if r.scenario.name == "S0"]
         lines += [
             f"B2 AUROC of the divergence score for hacked turns (S1-S4, S7): "
             f"mean {statistics.fmean(aurocs):.3f}, min {min(aurocs):.3f} (target >= 0.90)" if aurocs else "B2: n/a",
             f"attribution macro-F1 (S1-S4, S7; {len(pairs)} runs): {macro_f1(pairs):.3f} (target >= 0.85)",
-            f"S5 divergence alerts after onset: {sum(len(r.alerts) for r in s5)} (target 0)",
+            f"S5 divergence alerts after onset: {sum(len(r.alerts) for r in s5)} in {len(s5)} run(s) (target 0)"
+            + (f"; S0 control, same seeds and length: {sum(len(r.alerts) for r in s0)} in {len(s0)} run(s)"
+               if s0 else ""),
         ]
         return "\n".join(lines)
 
@@ -278,9 +292,17 @@ def sweep(name: str, full: bool) -> list[tuple[float, str, float]]:
 
 def run_detect_benchmark(*, full: bool = False, seed: int = 0, b1_labels: int = 100_000, b1_trials: int = 300,
                          scenarios: tuple[str, ...] = ("S1", "S2", "S3", "S4", "S5", "S6", "S7"),
-                         labels_after_onset: int = 2000, echo: Callable[[str], None] = print) -> DetectBenchmark:
-    """B1 on S0, then each scenario; ``labels_after_onset`` rated turns per segment after the onset."""
-    config = AnalysisConfig(window_seconds=1800.0)
+                         labels_after_onset: int = 2000, seeds: int = 1,
+                         config: AnalysisConfig | None = None,
+                         echo: Callable[[str], None] = print) -> DetectBenchmark:
+    """B1 on S0, then each scenario (each run ``seeds`` times); ``labels_after_onset`` rated turns
+    per segment after the onset. S5 runs come with S0 runs of the same seeds and length: any
+    alert in S5 is only news if it is more than stationary traffic gives."""
+    if "S5" in scenarios and "S0" not in scenarios:
+        scenarios = (*scenarios, "S0")
+    config = config or AnalysisConfig(window_seconds=1800.0)
+    echo(f"reference {config.reference_labels} rated turns per segment, false-alarm budget 1 per "
+         f"{config.false_alarm_labels} rated turns")
     echo(f"B1: S0 with about {b1_labels} rated turns ...")
     benchmark = DetectBenchmark(run_b1(config, labels=b1_labels, trials=b1_trials, seed=seed))
     echo(f"  {benchmark.b1.false_alarms_per_10k:.2f} false alarms per 10k, "
@@ -292,8 +314,10 @@ def run_detect_benchmark(*, full: bool = False, seed: int = 0, b1_labels: int = 
             after = labels_after_onset * len(DOMAINS) / rate / TURN_RATE * (1.5 if shape == "ramp" else 1.0)
             echo(f"{name} size {size:g} {shape}, {rate:.0%} rated ...")
             drift = (lambda data, analysis: s5_drift(data, analysis, config)) if name == "S5" else None
-            result = run_scenario(scenario, config, rating_rate=rate, seed=seed + 1, after_onset_s=after, drift=drift)
-            benchmark.scenarios.append(result)
-            echo(f"  alerts after onset: {[mode for _, direction, mode in result.alerts if direction == 'down']}, "
-                 f"AUROC {result.auroc}")
+            for run_seed in range(seed + 1, seed + 1 + seeds):
+                result = run_scenario(scenario, config, rating_rate=rate, seed=run_seed, after_onset_s=after,
+                                      drift=drift)
+                benchmark.scenarios.append(result)
+                echo(f"  seed {run_seed}: alerts after onset {[f'{d}/{m}' for _, d, m in result.alerts]}, "
+                     f"AUROC {result.auroc}")
     return benchmark

@@ -19,13 +19,12 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
 from monitor.errors import BrokerUnavailable
-from monitor.kafka_defaults import BOOTSTRAP_TIMEOUT_MS
+from monitor.kafka_defaults import BOOTSTRAP_TIMEOUT_MS, send_acknowledged
 from monitor.events import timestamp
 from monitor.ingest.decode import DeadLetterRecord
 
 DEAD_LETTER_SCHEMA = "deadletter/v1"
 MAX_RAW_IN_TOPIC = 512 * 1024
-_FLUSH_TIMEOUT_S = 30
 
 
 def dead_letter_message(dead: DeadLetterRecord, received_at: datetime) -> bytes:
@@ -70,16 +69,8 @@ class DeadLetterPublisher:
         """Send and flush; raise :class:`BrokerUnavailable` unless every message was acknowledged."""
         if not dead_letters:
             return
-        try:
-            futures = [
-                self._producer.send(self.topic, key=d.record.key, value=dead_letter_message(d, received_at))
-                for d in dead_letters
-            ]
-            self._producer.flush(timeout=_FLUSH_TIMEOUT_S)
-            for future in futures:
-                future.get(timeout=_FLUSH_TIMEOUT_S)
-        except KafkaError as exc:
-            raise BrokerUnavailable(f"dead-letter topic {self.topic!r} did not acknowledge: {exc}") from exc
+        send_acknowledged(self._producer, self.topic,
+                          ((d.record.key, dead_letter_message(d, received_at)) for d in dead_letters))
 
     def close(self) -> None:
         self._producer.close(timeout=5)

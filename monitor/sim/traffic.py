@@ -44,6 +44,11 @@ from monitor.sim.truth import GroundTruth, hacked_modes
 
 DEFAULT_START = datetime(2026, 11, 27, 10, 0, 0, tzinfo=timezone.utc)
 HARMFUL_SHARE = 0.03
+_HARMFUL_BY_DOMAIN = {domain: tuple(prompt for d, prompt in _HARMFUL if d == domain) for domain in DOMAINS}
+# Per-domain rates that make HARMFUL_SHARE of all conversations harmful under the uniform domain
+# mix, spread over domains as the harmful templates are.
+_HARMFUL_RATE = {domain: HARMFUL_SHARE * len(DOMAINS) * len(prompts) / len(_HARMFUL)
+                 for domain, prompts in _HARMFUL_BY_DOMAIN.items()}
 NULL_REWARD_SHARE = 0.05
 RATING_KINDS = (("thumbs", 0.7), ("stars", 0.2), ("score", 0.1))
 
@@ -195,19 +200,20 @@ class TrafficSimulator:
             yield heapq.heappop(pending)[2]
 
     def _new_conversation(self, rng: random.Random, at: float) -> _Conversation:
-        harmful_prompt, shifted = None, False
-        if rng.random() < HARMFUL_SHARE:
-            domain, harmful_prompt = _pick(rng, _HARMFUL)
-            bank = _BANK[domain]
+        # The domain first, then a harmful request at that domain's own fixed rate: a scenario
+        # that moves the domain mix (S5) then leaves every segment's share of harmful requests,
+        # and so its refusal mix and its calibration, exactly as it was.
+        shifted = False
+        mix = conversation_mix(self.scenario, at)
+        if rng.random() < mix.p_shifted:
+            domain, bank = _SHIFTED_TOPICS[_pick(rng, mix.topics)]
+            shifted = True
         else:
-            mix = conversation_mix(self.scenario, at)
-            # One draw either way, so the stream before a scenario's onset is exactly S0's.
-            if rng.random() < mix.p_shifted:
-                domain, bank = _SHIFTED_TOPICS[_pick(rng, mix.topics)]
-                shifted = True
-            else:
-                domain = _weighted(rng, mix.domain_weights)
-                bank = _BANK[domain]
+            domain = _weighted(rng, mix.domain_weights)
+            bank = _BANK[domain]
+        harmful_prompt = None
+        if rng.random() < _HARMFUL_RATE[domain]:
+            harmful_prompt, bank, shifted = _pick(rng, _HARMFUL_BY_DOMAIN[domain]), _BANK[domain], False
         locale = _pick(rng, LOCALES)
         planned = 1 if harmful_prompt else _weighted(rng, _TURN_PLANS)
         segment = Segment(domain=domain, locale=locale, channel=_pick(rng, CHANNELS))

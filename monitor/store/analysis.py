@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import delete, select, text, update
 from sqlalchemy.orm import Session
 
 from monitor.analyze.frame import ROW_FIELDS
@@ -91,6 +91,18 @@ def latest_run(session: Session, *, with_report: bool = False) -> AnalysisRun | 
     if with_report:
         query = query.where(AnalysisRun.drift_html.is_not(None))  # JSON None is stored as 'null'
     return session.scalars(query).first()
+
+
+def prune_runs(session: Session, *, keep: int, reports_kept: int) -> None:
+    """Keep the latest ``keep`` runs, and the drift HTML of only the latest ``reports_kept``."""
+    session.flush()
+    ids = list(session.scalars(select(AnalysisRun.id).order_by(AnalysisRun.id.desc()).limit(keep)))
+    if ids:
+        session.execute(delete(AnalysisRun).where(AnalysisRun.id < ids[-1]))
+    with_html = list(session.scalars(select(AnalysisRun.id).where(AnalysisRun.drift_html.is_not(None))
+                                     .order_by(AnalysisRun.id.desc()).offset(reports_kept)))
+    if with_html:
+        session.execute(update(AnalysisRun).where(AnalysisRun.id.in_(with_html)).values(drift_html=None))
 
 
 def from_seconds(seconds: float | None) -> datetime | None:
