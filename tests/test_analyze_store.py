@@ -23,7 +23,8 @@ from monitor.metrics import Metrics
 from monitor.scoring.base import ProducerRewardScorer
 from monitor.store.db import make_engine, make_session_factory
 from monitor.store.migrate import upgrade
-from monitor.store.analysis import prune_runs
+from monitor.sim.traffic import TrafficSimulator
+from monitor.store.analysis import fill_signals, prune_runs
 from monitor.store.models import Alert, AnalysisRun, Calibration, Turn
 from tests.analysis_data import REFERENCE, s1_traffic, write
 from tests.helpers import read_topic
@@ -204,3 +205,26 @@ def test_old_runs_and_old_report_pages_are_pruned(sessions) -> None:
     assert [r.labelled for r in runs] == [2, 3, 4, 5]
     assert [r.drift_html is not None for r in runs] == [False, False, True, True]
     assert all(r.drift_summary for r in runs)  # summaries are small and stay
+
+
+def test_signals_are_derived_once_off_the_ingest_path_and_the_producers_risk_wins(sessions) -> None:
+    messages = TrafficSimulator(5, risk_metadata_rate=0.5).conversations(300)
+    write(sessions, messages)
+    with sessions() as session:
+        stored = list(session.scalars(select(Turn)))
+    assert all(t.sig_length_tokens is None for t in stored)  # ingest leaves them to the analyzer
+    from_producer = {t.event_id: t.prompt_harmful for t in stored if t.prompt_risk_source == "producer"}
+    assert 0 < len(from_producer) < len(stored)
+    assert all(t.prompt_harmful is None for t in stored if t.prompt_risk_source is None)
+
+    with sessions.begin() as session:
+        assert fill_signals(session, chunk=64) == len(stored)
+    with sessions.begin() as session:
+        assert fill_signals(session) == 0  # once per turn
+        filled = list(session.scalars(select(Turn)))
+    assert all(t.sig_length_tokens > 0 and t.prompt_harmful is not None for t in filled)
+    assert {t.event_id: t.prompt_harmful for t in filled if t.prompt_risk_source == "producer"} == from_producer
+    classified = [t for t in filled if t.prompt_risk_source == "classifier"]
+    assert len(classified) == len(stored) - len(from_producer)
+    flattering = next(t for t in filled if t.response.startswith("Great question!"))
+    assert flattering.sig_sycophancy >= 1

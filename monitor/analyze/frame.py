@@ -8,7 +8,7 @@ a backfill and a live run see one and the same order.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from monitor.analyze.segments import SegmentScheme
-from monitor.signals import DEFAULT_COMPLIANCE, SIGNAL_NAMES, response_signals
+from monitor.signals import SIGNAL_NAMES
 
 #: Columns of a row mapping that :meth:`TurnFrame.from_rows` reads.
 ROW_FIELDS = ("event_id", "conversation_id", "turn", "ts", "model_version", "domain", "locale", "score",
@@ -47,44 +47,25 @@ class TurnFrame:
         return TurnFrame(**{name: getattr(self, name)[index] for name in self.__dataclass_fields__})
 
     @classmethod
-    def from_rows(cls, rows: Iterable[Mapping[str, Any]], scheme: SegmentScheme,
-                  texts: Mapping[str, tuple[str, str]] | None = None,
-                  required_language: Mapping[str, Sequence[str]] | None = None) -> TurnFrame:
-        """Build a frame from store-shaped rows (:data:`ROW_FIELDS`).
-
-        A row without stored signals (written before they existed) needs its ``(prompt, response)``
-        in ``texts``, keyed by event id, and gets them computed here (with ``required_language``,
-        or the built-in rules when None).
-        """
-        compliance = DEFAULT_COMPLIANCE if required_language is None else required_language
+    def from_rows(cls, rows: Iterable[Mapping[str, Any]], scheme: SegmentScheme) -> TurnFrame:
+        """Build a frame from store-shaped rows (:data:`ROW_FIELDS`), signals and risk included
+        (``monitor.store.analysis.fill_signals`` derives them for rows stored without)."""
         rows = list(rows)
-        n = len(rows)
-        signals = np.empty((n, len(SIGNAL_NAMES)))
-        harmful = np.zeros(n, dtype=bool)
-        for i, row in enumerate(rows):
-            values = [row.get(f"sig_{name}") for name in SIGNAL_NAMES]
-            flag = row.get("prompt_harmful")
-            if any(v is None for v in values) or flag is None:
-                prompt, response = (texts or {}).get(str(row["event_id"]), ("", ""))
-                computed = response_signals(prompt, response, domain=row.get("domain"), compliance=compliance)
-                values = [getattr(computed, name) for name in SIGNAL_NAMES] if any(
-                    v is None for v in values) else values
-                if flag is None:
-                    from monitor.risk import is_harmful  # only rows written before risk was stored
-
-                    flag = is_harmful(prompt)
-            signals[i] = values
-            harmful[i] = bool(flag)
-        ts = np.array([_seconds(row["ts"]) for row in rows], dtype=float)
+        try:
+            signals = np.array([[row[f"sig_{name}"] for name in SIGNAL_NAMES] for row in rows], dtype=float)
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"every row needs its signals ({', '.join(SIGNAL_NAMES)}): {exc}") from exc
+        if rows and np.isnan(signals).any():
+            raise ValueError("every row needs its signals; derive them first (fill_signals)")
         frame = cls(
-            ts=ts,
+            ts=np.array([_seconds(row["ts"]) for row in rows], dtype=float),
             segment=np.array([scheme.key(row.get("domain"), row.get("model_version"), row.get("locale"))
                               for row in rows], dtype=object),
             score=np.array([np.nan if row.get("score") is None else row["score"] for row in rows], dtype=float),
             satisfaction=np.array([np.nan if row.get("satisfaction") is None else row["satisfaction"]
                                    for row in rows], dtype=float),
-            signals=signals,
-            harmful=harmful,
+            signals=signals.reshape(len(rows), len(SIGNAL_NAMES)),
+            harmful=np.array([bool(row.get("prompt_harmful")) for row in rows], dtype=bool),
             event_id=np.array([str(row["event_id"]) for row in rows], dtype=object),
             conversation_id=np.array([row["conversation_id"] for row in rows], dtype=object),
             turn=np.array([row["turn"] for row in rows], dtype=np.int64),

@@ -31,6 +31,7 @@ from monitor.metrics import Metrics
 from monitor.store.analysis import (
     alerts_by_key,
     calibration_params,
+    fill_signals,
     from_seconds,
     latest_run,
     prune_runs,
@@ -55,6 +56,7 @@ class RunSummary:
 
     turns: int = 0
     labelled: int = 0
+    derived: int = 0  # turns whose signals this run derived
     fitted: list[str] = field(default_factory=list)
     opened: int = 0
     resolved: int = 0
@@ -67,7 +69,8 @@ class RunSummary:
     drift_built: bool = False
 
     def report(self) -> str:
-        lines = [f"analysed {self.turns} turns ({self.labelled} rated) in {self.seconds:.1f} s",
+        lines = [f"analysed {self.turns} turns ({self.labelled} rated; signals derived for {self.derived}) "
+                 f"in {self.seconds:.1f} s",
                  f"calibrations fitted: {', '.join(self.fitted) or 'none'}",
                  f"alerts: {self.opened} opened, {self.resolved} resolved, {self.firing} firing",
                  f"flags published: {self.published}" + (f" (failed: {self.publish_error})" if self.publish_error else "")]
@@ -119,9 +122,9 @@ class Analyzer:
         return summary
 
     def _analyze(self, session: Session, summary: RunSummary, drift: bool | None) -> None:
-        rows, texts = turn_rows(session)
-        frame = TurnFrame.from_rows(rows, self.scheme, texts,
-                                    required_language=self.settings.required_language)
+        summary.derived = fill_signals(session, required_language=self.settings.required_language,
+                                       progress=lambda n: log.info("deriving signals", extra={"turns": n}))
+        frame = TurnFrame.from_rows(turn_rows(session), self.scheme)
         calibrations = {segment: Calibration.from_params(params)
                         for segment, params in calibration_params(session).items()}
         analysis = analyze(frame, calibrations, self.config, self.scheme)

@@ -6,7 +6,6 @@ or (a redelivered copy of an event already in this batch) the ``duplicates`` cou
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -14,9 +13,12 @@ from typing import Any
 from monitor.errors import InvalidEvent
 from monitor.events import ConversationEvent, RatingEvent, parse_conversation, parse_rating
 from monitor.ingest.records import KafkaRecord
-from monitor.risk import is_harmful
 from monitor.scoring.base import ScoreOutcome
-from monitor.signals import DEFAULT_COMPLIANCE, response_signals
+from monitor.signals import SIGNAL_NAMES
+
+
+#: The turns columns of the response's signals, filled by the analyzer (monitor.store.analysis.fill_signals).
+SIGNAL_COLUMNS = tuple(f"sig_{name}" for name in SIGNAL_NAMES)
 
 
 @dataclass
@@ -88,17 +90,15 @@ def decode_batch(records: list[KafkaRecord], *, conversations_topic: str, rating
 
 
 def turn_row(record: KafkaRecord, event: ConversationEvent, outcome: ScoreOutcome, scorer: str,
-             ingested_at: datetime, *, required_language: Mapping[str, Sequence[str]] | None = None) -> dict[str, Any]:
-    """The ``turns`` row of one event: its text, score, signals and prompt risk.
+             ingested_at: datetime) -> dict[str, Any]:
+    """The ``turns`` row of one event: its text, score and, when the producer sent it, the prompt's risk.
 
-    The prompt's risk comes from the producer's ``metadata.prompt_risk`` when it sent one, else from
-    the built-in classifier (:mod:`monitor.risk`); the row says which.
+    The response's signals (and the prompt risk the producer did not send) are left NULL: the
+    analyzer derives them once per turn, off the ingest path, where their regular expressions
+    would cost about 40% of ingest throughput (see docs/analysis.md).
     """
     prompt, response = event.prompt, event.response
-    signals = response_signals(prompt, response, domain=event.segment.domain,
-                               compliance=DEFAULT_COMPLIANCE if required_language is None else required_language)
     producer_risk = event.metadata.prompt_risk if event.metadata is not None else None
-    harmful = producer_risk == "harmful" if producer_risk is not None else is_harmful(prompt)
     return {
         "event_id": event.event_id,
         "conversation_id": event.conversation_id,
@@ -123,9 +123,9 @@ def turn_row(record: KafkaRecord, event: ConversationEvent, outcome: ScoreOutcom
         "source_partition": record.partition,
         "source_offset": record.offset,
         "ingested_at": ingested_at,
-        **{f"sig_{name}": value for name, value in signals.as_dict().items()},
-        "prompt_harmful": harmful,
-        "prompt_risk_source": "producer" if producer_risk is not None else "classifier",
+        **dict.fromkeys(SIGNAL_COLUMNS),
+        "prompt_harmful": None if producer_risk is None else producer_risk == "harmful",
+        "prompt_risk_source": None if producer_risk is None else "producer",
     }
 
 

@@ -167,8 +167,7 @@ class IngestLoop:
         outcomes = self._score(events)
         identity = self._scorer.identity
         turns = [
-            turn_row(record, event, outcome, identity, received_at,
-                     required_language=self._settings.required_language)
+            turn_row(record, event, outcome, identity, received_at)
             for (record, event), outcome in zip(batch.conversations, outcomes, strict=True)
         ]
         ratings = [rating_row(record, event, received_at) for record, event in batch.ratings]

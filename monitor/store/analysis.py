@@ -5,16 +5,20 @@ Services here ``flush()``; the analyzer run commits once, at its boundary.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, select, text, update
+from sqlalchemy import bindparam, delete, select, text, update
 from sqlalchemy.orm import Session
 
 from monitor.analyze.frame import ROW_FIELDS
+from monitor.risk import is_harmful
+from monitor.signals import DEFAULT_COMPLIANCE, response_signals
 from monitor.store.models import Alert, AnalysisRun, Calibration, Turn, utcnow
 
+#: Turns whose signals are derived per round trip (select, compute, update).
+FILL_CHUNK = 2000
 #: Arbitrary but fixed key of the PostgreSQL advisory lock that keeps to one analyzer at a time.
 ANALYZER_LOCK_KEY = 0x6D6F6E61  # "mona"
 
@@ -29,18 +33,41 @@ def try_analyzer_lock(session: Session) -> bool:
     return bool(session.execute(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": ANALYZER_LOCK_KEY}).scalar())
 
 
-def turn_rows(session: Session) -> tuple[list[dict[str, Any]], dict[str, tuple[str, str]]]:
-    """Every turn's analysis columns, plus (prompt, response) for the rows stored without signals."""
+def turn_rows(session: Session) -> list[dict[str, Any]]:
+    """Every turn's analysis columns (no text)."""
     columns = [getattr(Turn, name) for name in ROW_FIELDS]
-    rows = [dict(row._mapping) for row in session.execute(select(*columns))]
-    texts = {
-        str(event_id): (prompt, response)
-        for event_id, prompt, response in session.execute(
-            select(Turn.event_id, Turn.prompt, Turn.response).where(
-                (Turn.sig_length_tokens.is_(None)) | (Turn.prompt_harmful.is_(None)))
-        )
-    }
-    return rows, texts
+    return [dict(row._mapping) for row in session.execute(select(*columns))]
+
+
+def fill_signals(session: Session, *, required_language: Mapping[str, Sequence[str]] | None = None,
+                 chunk: int = FILL_CHUNK, progress: Callable[[int], None] | None = None) -> int:
+    """Derive the signals (and, where the producer sent none, the prompt risk) of every turn that
+    has none yet, and store them; returns how many turns were filled. Runs once per turn."""
+    compliance = DEFAULT_COMPLIANCE if required_language is None else required_language
+    missing = (Turn.sig_length_tokens.is_(None)) | (Turn.prompt_harmful.is_(None))
+    filled = 0
+    while True:
+        rows = session.execute(select(Turn.id, Turn.prompt, Turn.response, Turn.domain, Turn.prompt_harmful,
+                                      Turn.prompt_risk_source)
+                               .where(missing).order_by(Turn.id).limit(chunk)).all()
+        if not rows:
+            return filled
+        updates = []
+        for row in rows:
+            signals = response_signals(row.prompt, row.response, domain=row.domain, compliance=compliance)
+            values = {f"sig_{name}": value for name, value in signals.as_dict().items()}
+            if row.prompt_harmful is None:
+                values.update(prompt_harmful=is_harmful(row.prompt), prompt_risk_source="classifier")
+            else:  # the producer's verdict stays (every parameter set names the same columns)
+                values.update(prompt_harmful=row.prompt_harmful, prompt_risk_source=row.prompt_risk_source)
+            updates.append({"turn_id": row.id, **values})
+        # A Core statement, so the list of parameter sets runs as one executemany.
+        table = Turn.__table__
+        session.execute(update(table).where(table.c.id == bindparam("turn_id"))
+                        .values({name: bindparam(name) for name in updates[0] if name != "turn_id"}), updates)
+        filled += len(rows)
+        if progress:
+            progress(filled)
 
 
 def calibration_params(session: Session) -> dict[str, dict]:
