@@ -111,11 +111,13 @@ def analyze(
 ) -> None:
     """Run the analyzer once over the store: calibrate, detect, attribute, report drift."""
     from monitor.analyze.runner import Analyzer
+    from monitor.logs import configure_logging
     from monitor.service import prepare_database
     from monitor.store.analysis import delete_calibrations
     from monitor.store.db import make_engine, make_session_factory
 
     settings = _settings()
+    configure_logging(settings.log_level)  # progress of long runs (signals derived, chunk by chunk) on stderr
     try:
         prepare_database(settings)
         engine = make_engine(settings.database_url)

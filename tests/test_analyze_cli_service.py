@@ -21,6 +21,7 @@ def test_analyze_once_then_refit(tmp_path) -> None:
 
     first = run("analyze", "--no-publish", **settings)
     assert first.returncode == 0, first.stderr
+    assert '"msg": "deriving signals"' in first.stderr  # progress of the one-off derivation
     assert "calibrations fitted: cards/*/*, fraud/*/*, general/*/*, investments/*/*, payments/*/*" in first.stdout
     assert "drifted columns:" in first.stdout and "length_tokens" in first.stdout
     opened = int(first.stdout.split("alerts: ")[1].split(" opened")[0])
