@@ -45,6 +45,8 @@ from types import MappingProxyType
 
 SIGNAL_NAMES: tuple[str, ...] = ("length_tokens", "length_ratio", "markdown_density", "sycophancy", "hedging",
                                  "refusal", "overpromise", "compliance_missing", "repetition")
+#: Where the store keeps them: one ``turns`` column per signal.
+SIGNAL_COLUMNS: tuple[str, ...] = tuple(f"sig_{name}" for name in SIGNAL_NAMES)
 MODES: tuple[str, ...] = ("verbosity", "formatting", "sycophancy", "hedging", "over-refusal", "overpromise")
 SIGNAL_MODES: Mapping[str, str] = MappingProxyType({
     "length_tokens": "verbosity", "length_ratio": "verbosity", "markdown_density": "formatting",
@@ -84,6 +86,10 @@ class Signals:
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
+
+    def as_columns(self) -> dict[str, float]:
+        """The values keyed by their store columns (:data:`SIGNAL_COLUMNS`)."""
+        return dict(zip(SIGNAL_COLUMNS, self.as_dict().values(), strict=True))
 
 
 # Apostrophes are normalised to ' before matching, and text is lower-cased once.

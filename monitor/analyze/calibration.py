@@ -66,6 +66,20 @@ def fit_logistic(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return float(beta[0]), float(beta[1])
 
 
+def fit_reward_map(score: np.ndarray, satisfaction: np.ndarray) -> tuple[float, float, float, float]:
+    """``(intercept, slope, centre, scale)`` of the logistic map reward -> P(satisfied); the score is
+    centred and scaled before the fit, so the parameters stay O(1) whatever the RM's scale."""
+    centre = float(np.mean(score))
+    scale = float(np.std(score)) or 1.0
+    intercept, slope = fit_logistic((np.asarray(score, dtype=float) - centre) / scale, satisfaction)
+    return intercept, slope, centre, scale
+
+
+def reward_map(score: np.ndarray, intercept: float, slope: float, centre: float, scale: float) -> np.ndarray:
+    """P(satisfied) for each score under a map from :func:`fit_reward_map` (NaN stays NaN)."""
+    return _sigmoid(intercept + slope * (np.asarray(score, dtype=float) - centre) / scale)
+
+
 @dataclass(frozen=True)
 class Calibration:
     """One segment's frozen reference: the reward map and the statistics the detectors need."""
@@ -89,7 +103,7 @@ class Calibration:
 
     def predict(self, score: np.ndarray) -> np.ndarray:
         """P(satisfied) for each score (NaN stays NaN)."""
-        return _sigmoid(self.intercept + self.slope * (np.asarray(score, dtype=float) - self.centre) / self.scale)
+        return reward_map(score, self.intercept, self.slope, self.centre, self.scale)
 
     def standardised_residuals(self, score: np.ndarray, satisfaction: np.ndarray) -> np.ndarray:
         return (np.asarray(satisfaction, dtype=float) - self.predict(score)) / self.residual_sd
@@ -128,10 +142,8 @@ def fit_calibration(
     satisfaction = np.asarray(satisfaction, dtype=float)
     if len(score) < 30:
         raise ValueError(f"a reference needs at least 30 rated turns, got {len(score)}")
-    centre = float(np.mean(score))
-    scale = float(np.std(score)) or 1.0
-    intercept, slope = fit_logistic((score - centre) / scale, satisfaction)
-    predicted = _sigmoid(intercept + slope * (score - centre) / scale)
+    intercept, slope, centre, scale = fit_reward_map(score, satisfaction)
+    predicted = reward_map(score, intercept, slope, centre, scale)
     residuals = satisfaction - predicted
     residual_sd = float(np.std(residuals)) or 1.0
     k = shift_sd / 2

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from monitor.analyze.calibration import fit_logistic
+from monitor.analyze.calibration import fit_reward_map, reward_map
 
 #: Below this many rated turns there is nothing to learn the users' view from.
 MIN_LABELS = 50
@@ -39,10 +39,7 @@ def divergence_scores(frame) -> np.ndarray:  # noqa: ANN001 - a TurnFrame; impor
     scored = ~np.isnan(frame.score)
     if rated.sum() < MIN_LABELS:
         return out
-    centre = float(frame.score[rated].mean())
-    scale = float(frame.score[rated].std()) or 1.0
-    intercept, slope = fit_logistic((frame.score[rated] - centre) / scale, frame.satisfaction[rated])
-    promise = 1.0 / (1.0 + np.exp(-(intercept + slope * (frame.score[scored] - centre) / scale)))
+    promise = reward_map(frame.score[scored], *fit_reward_map(frame.score[rated], frame.satisfaction[rated]))
 
     mean, sd = frame.signals[rated].mean(axis=0), frame.signals[rated].std(axis=0)
     z = (frame.signals[scored] - mean) / np.where(sd > 1e-9, sd, 1.0)

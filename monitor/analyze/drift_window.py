@@ -8,12 +8,10 @@ whatever the traffic. Columns: the reward and every signal; prompts enter as Min
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from monitor.analyze.drift import DriftReport, drift_report
@@ -21,7 +19,7 @@ from monitor.analyze.embeddings import PromptEmbedder
 from monitor.analyze.engine import Analysis, AnalysisConfig
 from monitor.analyze.frame import TurnFrame
 from monitor.signals import SIGNAL_NAMES
-from monitor.store.models import Turn
+from monitor.store.analysis import prompts_by_event_id
 
 COLUMNS = ("reward", *SIGNAL_NAMES)
 _MIN_ROWS = 30
@@ -62,16 +60,17 @@ def build_drift_report(session: Session, frame: TurnFrame, analysis: Analysis, c
     reference, current = windows
     embeddings: dict[str, np.ndarray | None] = {"reference": None, "current": None}
     if inputs.embeddings:
-        prompts = _prompts(session, [*frame.event_id[reference], *frame.event_id[current]])
+        prompts = prompts_by_event_id(session, [*frame.event_id[reference], *frame.event_id[current]])
         embedder = inputs.get_embedder()
         for name, index in (("reference", reference), ("current", current)):
             embeddings[name] = embedder.embed([prompts.get(event_id, "") for event_id in frame.event_id[index]])
-    return drift_report(_table(frame, reference), _table(frame, current), columns=COLUMNS,
+    return drift_report(drift_table(frame, reference), drift_table(frame, current), columns=COLUMNS,
                         reference_embeddings=embeddings["reference"], current_embeddings=embeddings["current"],
                         title="Input drift: reference windows vs the current window")
 
 
-def _table(frame: TurnFrame, index: np.ndarray) -> pd.DataFrame:
+def drift_table(frame: TurnFrame, index: np.ndarray) -> pd.DataFrame:
+    """The report's numeric columns (:data:`COLUMNS`) of the frame's rows ``index``."""
     table = pd.DataFrame(frame.signals[index], columns=list(SIGNAL_NAMES))
     table.insert(0, "reward", frame.score[index])
     return table
@@ -81,12 +80,3 @@ def _thin(index: np.ndarray, rows: int) -> np.ndarray:
     if len(index) <= rows:
         return index
     return index[np.unique(np.linspace(0, len(index) - 1, rows).astype(int))]
-
-
-def _prompts(session: Session, event_ids: list[str]) -> dict[str, str]:
-    found: dict[str, str] = {}
-    for start in range(0, len(event_ids), 500):
-        chunk = [uuid.UUID(event_id) for event_id in event_ids[start:start + 500]]
-        for event_id, prompt in session.execute(select(Turn.event_id, Turn.prompt).where(Turn.event_id.in_(chunk))):
-            found[str(event_id)] = prompt
-    return found

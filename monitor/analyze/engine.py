@@ -38,6 +38,7 @@ from monitor.analyze.multiple_testing import benjamini_hochberg
 from monitor.analyze.rank_agreement import auc, spearman, spearman_drop
 from monitor.analyze.segments import SegmentScheme
 from monitor.config import Settings
+from monitor.events import timestamp
 from monitor.signals import SIGNAL_NAMES
 
 DETECTORS = ("cusum", "rank_drop")
@@ -328,4 +329,5 @@ def _num(value: float) -> float | None:
 
 
 def iso(seconds: float) -> str:
-    return datetime.fromtimestamp(float(seconds), UTC).isoformat().replace("+00:00", "Z")
+    """Event time (seconds since the epoch) in the wire format of ``ts``."""
+    return timestamp(datetime.fromtimestamp(float(seconds), UTC))

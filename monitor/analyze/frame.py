@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 
 from monitor.analyze.segments import SegmentScheme
-from monitor.signals import SIGNAL_NAMES
+from monitor.signals import SIGNAL_COLUMNS, SIGNAL_NAMES
 
 #: Columns of a row mapping that :meth:`TurnFrame.from_rows` reads.
 ROW_FIELDS = ("event_id", "conversation_id", "turn", "ts", "model_version", "domain", "locale", "score",
-              "scorer", "satisfaction", "prompt_harmful", *(f"sig_{name}" for name in SIGNAL_NAMES))
+              "scorer", "satisfaction", "prompt_harmful", *SIGNAL_COLUMNS)
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ class TurnFrame:
         (``monitor.store.analysis.fill_signals`` derives them for rows stored without)."""
         rows = list(rows)
         try:
-            signals = np.array([[row[f"sig_{name}"] for name in SIGNAL_NAMES] for row in rows], dtype=float)
+            signals = np.array([[row[column] for column in SIGNAL_COLUMNS] for row in rows], dtype=float)
         except (KeyError, TypeError) as exc:
             raise ValueError(f"every row needs its signals ({', '.join(SIGNAL_NAMES)}): {exc}") from exc
         if rows and np.isnan(signals).any():

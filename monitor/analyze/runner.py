@@ -199,6 +199,7 @@ def _sync_alerts(session: Session, episodes: list[Episode]) -> tuple[list[Alert]
     existing = alerts_by_key(session)
     opened: list[Alert] = []
     resolved: list[Alert] = []
+    firing: list[Alert] = []
     now = utcnow()
     for episode in episodes:
         alert = existing.pop(episode.key, None)
@@ -212,6 +213,8 @@ def _sync_alerts(session: Session, episodes: list[Episode]) -> tuple[list[Alert]
             resolved.append(alert)
         alert.state, alert.resolved_at = episode.state, from_seconds(episode.resolved_at)
         alert.mode, alert.evidence, alert.updated_at = episode.mode, episode.evidence, now
+        if alert.state == "firing":
+            firing.append(alert)
     # An episode a recomputation no longer finds (its calibration was refitted, or late ratings
     # changed the stream) is closed, not deleted: it was real when it was published.
     for alert in existing.values():
@@ -220,7 +223,6 @@ def _sync_alerts(session: Session, episodes: list[Episode]) -> tuple[list[Alert]
             alert.evidence = {**alert.evidence, "withdrawn": True}
             resolved.append(alert)
     session.flush()
-    firing = [alert for alert in alerts_by_key(session).values() if alert.state == "firing"]
     return opened, resolved, firing
 
 

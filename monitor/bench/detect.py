@@ -62,7 +62,7 @@ def scenario_frame(messages: Iterable[SimulatedMessage], scheme: SegmentScheme =
                 "ts": event.ts, "model_version": event.model_version, "domain": event.segment.domain,
                 "locale": event.segment.locale, "score": event.reward, "scorer": "producer", "satisfaction": None,
                 "prompt_harmful": risk == "harmful" if risk else is_harmful(event.prompt),
-                **{f"sig_{name}": value for name, value in signals.as_dict().items()},
+                **signals.as_columns(),
             }
             prompts[str(event.event_id)] = event.prompt
             assert message.truth is not None
@@ -274,7 +274,7 @@ class DetectBenchmark:
 def s5_drift(data: ScenarioFrame, analysis: Analysis, config: AnalysisConfig, rows: int = 500) -> dict:
     """The drift report the analyzer would build for this frame (prompt embeddings included)."""
     from monitor.analyze.drift import drift_report
-    from monitor.analyze.drift_window import COLUMNS, _table, drift_windows
+    from monitor.analyze.drift_window import COLUMNS, drift_table, drift_windows
     from monitor.analyze.embeddings import PromptEmbedder
 
     windows = drift_windows(data.frame, analysis, config, rows)
@@ -283,7 +283,7 @@ def s5_drift(data: ScenarioFrame, analysis: Analysis, config: AnalysisConfig, ro
     embedder = PromptEmbedder()
     reference, current = windows
     embed = [embedder.embed([data.prompts[e] for e in data.frame.event_id[index]]) for index in windows]
-    return drift_report(_table(data.frame, reference), _table(data.frame, current), columns=COLUMNS,
+    return drift_report(drift_table(data.frame, reference), drift_table(data.frame, current), columns=COLUMNS,
                         reference_embeddings=embed[0], current_embeddings=embed[1]).summary
 
 

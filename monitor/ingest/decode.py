@@ -14,11 +14,7 @@ from monitor.errors import InvalidEvent
 from monitor.events import ConversationEvent, RatingEvent, parse_conversation, parse_rating
 from monitor.ingest.records import KafkaRecord
 from monitor.scoring.base import ScoreOutcome
-from monitor.signals import SIGNAL_NAMES
-
-
-#: The turns columns of the response's signals, filled by the analyzer (monitor.store.analysis.fill_signals).
-SIGNAL_COLUMNS = tuple(f"sig_{name}" for name in SIGNAL_NAMES)
+from monitor.signals import SIGNAL_COLUMNS
 
 
 @dataclass

@@ -5,6 +5,7 @@ Services here ``flush()``; the analyzer run commits once, at its boundary.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -55,7 +56,7 @@ def fill_signals(session: Session, *, required_language: Mapping[str, Sequence[s
         updates = []
         for row in rows:
             signals = response_signals(row.prompt, row.response, domain=row.domain, compliance=compliance)
-            values = {f"sig_{name}": value for name, value in signals.as_dict().items()}
+            values = signals.as_columns()
             if row.prompt_harmful is None:
                 values.update(prompt_harmful=is_harmful(row.prompt), prompt_risk_source="classifier")
             else:  # the producer's verdict stays (every parameter set names the same columns)
@@ -130,6 +131,16 @@ def prune_runs(session: Session, *, keep: int, reports_kept: int) -> None:
                                      .order_by(AnalysisRun.id.desc()).offset(reports_kept)))
     if with_html:
         session.execute(update(AnalysisRun).where(AnalysisRun.id.in_(with_html)).values(drift_html=None))
+
+
+def prompts_by_event_id(session: Session, event_ids: Sequence[str]) -> dict[str, str]:
+    """The prompt of each turn in ``event_ids`` (500 ids per query, to keep the IN list short)."""
+    found: dict[str, str] = {}
+    for start in range(0, len(event_ids), 500):
+        chunk = [uuid.UUID(event_id) for event_id in event_ids[start:start + 500]]
+        for event_id, prompt in session.execute(select(Turn.event_id, Turn.prompt).where(Turn.event_id.in_(chunk))):
+            found[str(event_id)] = prompt
+    return found
 
 
 def from_seconds(seconds: float | None) -> datetime | None:
