@@ -56,7 +56,7 @@ def run_demo(settings: Settings, *, rate: float, duration: float, seed: int,
     stop = threading.Event()
     install_stop_signals(stop)
     if not settings.rm_model and not settings.rm_url:
-        from monitor.scoring.demo_rm import ensure_demo_reward_model
+        from monitor.demo_rm import ensure_demo_reward_model
 
         with console.status("preparing the demo reward model (built once, then cached)...") as status:
             rm_path = ensure_demo_reward_model(progress=lambda line: status.update(f"demo reward model: {line}"))

@@ -48,6 +48,9 @@ DEAD_LETTER_REASONS = (
     "unknown_schema",  # `schema` missing or not the one this topic carries
     "too_many_messages",  # a conversation over MAX_MESSAGES messages
     "invalid_fields",  # anything else the contract forbids
+    # Ingest's bounds on `ts` (monitor.ingest.decode.TimestampBounds), checked after the contract:
+    "future_timestamp",  # ts more than MONITOR_INGEST_FUTURE_TOLERANCE_SECONDS ahead of the ingest clock
+    "ancient_timestamp",  # ts before MONITOR_INGEST_TIMESTAMP_FLOOR
 )
 
 Id = Annotated[str, StringConstraints(min_length=1, max_length=256)]

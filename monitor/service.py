@@ -21,8 +21,8 @@ from monitor.api.context import AppContext
 from monitor.api.server import ApiServer
 from monitor.config import Settings
 from monitor.errors import BrokerUnavailable, StoreUnavailable
+from monitor.health import HealthState
 from monitor.ingest.dead_letters import DeadLetterPublisher
-from monitor.ingest.health import HealthState
 from monitor.ingest.loop import IngestLoop
 from monitor.ingest.source import KafkaEventSource, Position
 from monitor.metrics import Metrics
@@ -35,7 +35,9 @@ from monitor.store.writes import load_offsets
 log = logging.getLogger(__name__)
 
 
-def offsets_from_store(sessions: sessionmaker[Session], group_id: str) -> Callable[[list[Position]], Mapping[Position, int]]:
+def offsets_from_store(
+    sessions: sessionmaker[Session], group_id: str
+) -> Callable[[list[Position]], Mapping[Position, int]]:
     def load(positions: list[Position]) -> Mapping[Position, int]:
         with sessions() as session:
             stored = load_offsets(session, group_id, {topic for topic, _ in positions})
@@ -83,14 +85,15 @@ def run_service(
     registry = CollectorRegistry()
     metrics = Metrics(registry)
     health = HealthState()
-    api = ApiServer(
-        create_app(AppContext(settings, engine, sessions, health, registry, scorer)), settings.api_host, settings.api_port
-    )
+    app = create_app(AppContext(settings, engine, sessions, health, registry, scorer))
+    api = ApiServer(app, settings.api_host, settings.api_port)
     api.start()
     log.info("API listening", extra={"url": api.url})
     analyzer = None
     if settings.analyze_interval_seconds > 0:
-        analyzer = AnalyzerThread(Analyzer(settings, sessions, metrics=metrics), settings.analyze_interval_seconds, stop)
+        analyzer = AnalyzerThread(
+            Analyzer(settings, sessions, metrics=metrics), settings.analyze_interval_seconds, stop
+        )
         analyzer.start()
     if on_api_started:
         on_api_started(api.url)

@@ -18,7 +18,9 @@ from monitor.store.db import make_engine, make_session_factory
 from monitor.store.reads import StoreCounts, store_counts
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1, what: str = "condition") -> Any:
+def wait_for(
+    predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1, what: str = "condition"
+) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -79,7 +81,9 @@ def counts(database_url: str) -> StoreCounts:
         engine.dispose()
 
 
-def produce(settings: Settings, items: Iterable[tuple[str, bytes | None, bytes | None]], max_request_size: int = 4 * 1024 * 1024) -> None:
+def produce(
+    settings: Settings, items: Iterable[tuple[str, bytes | None, bytes | None]], max_request_size: int = 4 * 1024 * 1024
+) -> None:
     """Send (topic, key, value) tuples in order and wait for every acknowledgement."""
     producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=5,
                              max_request_size=max_request_size)

@@ -8,6 +8,7 @@ import hashlib
 import json
 import random
 import uuid
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -16,6 +17,7 @@ from sqlalchemy import select
 
 from monitor.errors import InvalidEvent
 from monitor.events import DEAD_LETTER_REASONS, MAX_MESSAGE_BYTES, parse_conversation, parse_rating
+from monitor.ingest.decode import DEFAULT_TIMESTAMP_BOUNDS
 from monitor.sim.traffic import TrafficSimulator
 from monitor.store.db import make_engine, make_session_factory
 from monitor.store.models import DeadLetter, RatingRow, Turn
@@ -47,7 +49,7 @@ def fuzzed_payloads(rng: random.Random, n: int) -> list[tuple[str, bytes | None]
         seeded_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
         make = conversation if kind == "conversation" else rating
         valid = make(f"f-{rng.getrandbits(32):x}", event_id=seeded_id)
-        mutation = rng.randrange(11)
+        mutation = rng.randrange(12)
         event = dict(valid)
         if mutation == 0:
             value: bytes | None = rng.randbytes(rng.randrange(1, 300))
@@ -69,7 +71,8 @@ def fuzzed_payloads(rng: random.Random, n: int) -> list[tuple[str, bytes | None]
             event[field] = rng.choice(WRONG_TYPES[field])
             value = json.dumps(event).encode()
         elif mutation == 4:
-            event["schema"] = rng.choice(["conversation/v2", "rating/v0", "", None, "rating/v1" if kind == "conversation" else "conversation/v1"])
+            foreign = "rating/v1" if kind == "conversation" else "conversation/v1"
+            event["schema"] = rng.choice(["conversation/v2", "rating/v0", "", None, foreign])
             value = json.dumps(event).encode()
         elif mutation == 5:
             value = rng.choice([b"[]", b'"just a string"', b"42", b"null", b"{not json", b"", b"{\"a\": }"])
@@ -92,6 +95,10 @@ def fuzzed_payloads(rng: random.Random, n: int) -> list[tuple[str, bytes | None]
             value = json.dumps(event).encode()
         elif mutation == 10:
             value = None  # a tombstone
+        elif mutation == 11:
+            event["ts"] = rng.choice(["2099-01-01T00:00:00Z", "9999-12-31T23:59:59-05:00",  # a broken clock
+                                      "1970-01-01T00:00:00Z", "0001-01-01T00:00:00+01:00"])
+            value = json.dumps(event).encode()
         else:
             event["turn"] = rng.choice(["1", 1.0, {"n": 1}])
             value = json.dumps(event).encode()
@@ -103,7 +110,8 @@ def expected_reason(kind: str, value: bytes | None) -> str:
     if value is None:
         return "invalid_json"
     try:
-        (parse_conversation if kind == "conversation" else parse_rating)(value)
+        event = (parse_conversation if kind == "conversation" else parse_rating)(value)
+        DEFAULT_TIMESTAMP_BOUNDS.check(event.ts, datetime.now(UTC))
     except InvalidEvent as exc:
         return exc.reason
     raise AssertionError(f"fuzzer produced a valid {kind}: {value[:200]!r}")

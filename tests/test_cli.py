@@ -11,13 +11,13 @@ import time
 
 import httpx
 import pytest
-
 from sqlalchemy import select
 
 from monitor.broker import free_port
+from monitor.sim import banks, paraphrases
 from monitor.store.db import make_engine, make_session_factory
-from monitor.store.models import Turn
 from monitor.store.migrate import head_revision
+from monitor.store.models import Turn
 from tests.factories import conversation, wire
 from tests.helpers import counts, produce, read_topic, wait_for
 
@@ -120,6 +120,22 @@ def test_simulate_produces_valid_events(topic_settings) -> None:
 def test_simulate_rejects_bad_arguments() -> None:
     result = run("simulate", "--rate", "0")
     assert result.returncode == 2
+    result = run("simulate", "--phrasing", "poetry")
+    assert result.returncode == 2 and "phrasing must be one of bank, paraphrase" in result.stderr
+
+
+def test_simulate_with_paraphrase_banks(topic_settings) -> None:
+    settings = topic_settings()
+    result = run("simulate", "--rate", "100", "--duration", "3", "--seed", "4", "--fast", "--phrasing", "paraphrase",
+                 kafka_bootstrap=settings.kafka_bootstrap, conversations_topic=settings.conversations_topic,
+                 ratings_topic=settings.ratings_topic)
+    assert result.returncode == 0, result.stderr
+    produced = re.search(r"produced (\d+) conversation events", result.stdout)
+    assert produced
+    messages = read_topic(settings, settings.conversations_topic, expected=int(produced.group(1)))
+    responses = [m["messages"][-1]["content"] for m in messages]
+    assert any(opener in r for r in responses for opener in paraphrases._FLATTERY)
+    assert not any(opener in r for r in responses for opener in banks._FLATTERY)
 
 
 def test_simulate_reports_an_unreachable_broker() -> None:
@@ -210,7 +226,8 @@ def test_rm_serve_scores_over_http(tmp_path) -> None:
     model = build_tiny_bert_rm(tmp_path / "rm")
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "monitor", "rm", "serve", "--port", str(port)],
-                               env=monitor_env(rm_model=model), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               env=monitor_env(rm_model=model), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
     try:
         wait_for(lambda: _answers(f"http://127.0.0.1:{port}/healthz"), timeout=60, what="the scoring server")
         body = httpx.post(f"http://127.0.0.1:{port}/v1/score", json={"conversations": [

@@ -104,8 +104,8 @@ def test_random_sigkills_leave_the_same_store_as_a_clean_run(topic_settings, pg_
         before = counts(crash_url).turns if progress_at_kills else 0
         process = serve(settings, "crash-run", crash_url)
         # Let it get going (past start-up and the group join), then kill it at a random moment.
-        wait_for(lambda: process.poll() is None and counts(crash_url).turns > before, timeout=60, interval=0.05,
-                 what="ingest progress after a restart")
+        wait_for(lambda process=process, before=before: process.poll() is None and counts(crash_url).turns > before,
+                 timeout=60, interval=0.05, what="ingest progress after a restart")
         time.sleep(rng.uniform(0.0, 0.6))
         process.send_signal(signal.SIGKILL)
         process.wait(10)

@@ -15,8 +15,8 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from monitor.scoring import demo_rm
-from monitor.scoring.demo_rm import (
+from monitor import demo_rm
+from monitor.demo_rm import (
     COMPLETE_MARKER,
     METADATA_FILE,
     DemoRMReport,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -58,7 +58,7 @@ def test_valid_conversation_parses_every_field() -> None:
     assert event.event_id == uuid.UUID(event_id)
     assert event.conversation_id == "c-42"
     assert event.turn == 3
-    assert event.ts == datetime(2026, 11, 27, 10, 0, tzinfo=timezone.utc)
+    assert event.ts == datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
     assert event.ts.utcoffset() == timedelta(0)
     assert event.model_version == "assistant-2026-11-20"
     assert [m.role for m in event.messages] == ["user", "assistant"]
@@ -80,7 +80,7 @@ def test_valid_rating_parses_every_field() -> None:
     assert event.event_id == uuid.UUID(event_id)
     assert event.conversation_id == "c-42"
     assert event.turn == 3
-    assert event.ts == datetime(2026, 11, 27, 10, 1, 10, tzinfo=timezone.utc)
+    assert event.ts == datetime(2026, 11, 27, 10, 1, 10, tzinfo=UTC)
     assert event.rating.kind == "stars"
     assert event.rating.value == 4
     assert event.reasons == ["too_long"]
@@ -113,7 +113,7 @@ def test_optional_segment_fields_and_rating_fields_may_be_absent() -> None:
 
 def test_timezone_offset_is_kept() -> None:
     event = parse_conversation(wire(conversation(ts="2026-11-27T12:00:00+02:00")))
-    assert event.ts == datetime(2026, 11, 27, 10, 0, tzinfo=timezone.utc)
+    assert event.ts == datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
     assert event.ts.utcoffset() == timedelta(hours=2)
 
 
@@ -331,7 +331,8 @@ def test_valid_event_followed_by_garbage_is_invalid_json() -> None:
 
 @pytest.mark.parametrize(
     "schema",
-    ["conversation/v2", "conversation", "Conversation/v1", "conversation/v1 ", "rating/v1", "", None, 1, ["conversation/v1"]],
+    ["conversation/v2", "conversation", "Conversation/v1", "conversation/v1 ", "rating/v1", "", None, 1,
+     ["conversation/v1"]],
 )
 def test_conversation_with_wrong_schema(schema: object) -> None:
     assert reason(parse_conversation, wire(conversation(schema=schema))) == "unknown_schema"
@@ -691,10 +692,10 @@ def test_to_wire_keeps_the_event_id_and_timestamp() -> None:
     event_id = str(uuid.uuid4())
     document = json.loads(to_wire(parse_conversation(wire(conversation(event_id=event_id)))))
     assert document["event_id"] == event_id
-    assert datetime.fromisoformat(document["ts"]) == datetime(2026, 11, 27, 10, 0, tzinfo=timezone.utc)
+    assert datetime.fromisoformat(document["ts"]) == datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
 
 
 def test_timestamp_helper_uses_z_suffix() -> None:
-    value = datetime(2026, 11, 27, 10, 0, 5, tzinfo=timezone.utc)
+    value = datetime(2026, 11, 27, 10, 0, 5, tzinfo=UTC)
     assert timestamp(value) == "2026-11-27T10:00:05Z"
     assert parse_conversation(wire(conversation(ts=timestamp(value)))).ts == value

@@ -81,7 +81,8 @@ def test_a_restart_resumes_from_the_offsets_in_the_store(topic_settings, tmp_pat
     produce(settings, skipped)  # key "k": all on one partition
     with sessions() as session:
         partition = session.scalars(select(Turn.source_partition)).first()
-        end = session.scalar(select(Turn.source_offset).where(Turn.source_partition == partition).order_by(Turn.source_offset.desc()))
+        end = session.scalar(select(Turn.source_offset).where(Turn.source_partition == partition)
+                             .order_by(Turn.source_offset.desc()))
     with sessions.begin() as session:
         save_offsets(session, settings.consumer_group, {(conv, partition): end + 1 + 5})
     engine.dispose()

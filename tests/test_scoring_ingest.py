@@ -78,8 +78,8 @@ def test_an_unreachable_remote_scorer_holds_ingest_back_and_loses_nothing(topic_
     with ServiceThread(settings) as service:
         ready = httpx.get(f"{service.url}/readyz", timeout=10)
         assert ready.status_code == 503 and ready.json()["checks"]["scorer"] == {"ok": False}
-        wait_for(lambda: 'monitor_batch_failures_total{stage="scoring"} 0.0' not in httpx.get(f"{service.url}/metrics").text,
-                 what="a failed scoring batch")
+        no_failure = 'monitor_batch_failures_total{stage="scoring"} 0.0'
+        wait_for(lambda: no_failure not in httpx.get(f"{service.url}/metrics").text, what="a failed scoring batch")
         assert counts(url).turns == 0  # nothing stored (and no offsets committed) while scoring is down
         server = ApiServer(create_scoring_app(TransformersScorer(str(rm_dir))), "127.0.0.1", port)
         server.start()

@@ -145,7 +145,8 @@ def test_a_failed_transaction_leaves_neither_rows_nor_offsets(sessions) -> None:
     with pytest.raises(RuntimeError):
         with sessions.begin() as session:
             write_ingest_batch(session, group_id="g",
-                               turns=[turn_row(r, e, ScoreOutcome(None), "producer", NOW) for r, e in batch.conversations],
+                               turns=[turn_row(r, e, ScoreOutcome(None), "producer", NOW)
+                                      for r, e in batch.conversations],
                                ratings=[], dead_letters=[], next_offsets=batch.next_offsets)
             raise RuntimeError("crash before commit")
     assert snapshot(sessions)["turns"] == []
@@ -162,7 +163,8 @@ def test_a_rolled_back_batch_does_not_break_the_next_one(sessions) -> None:
             recs = records(conversation("c-1", 0))
             batch = decode_batch(recs, conversations_topic="conversations", ratings_topic="ratings")
             write_ingest_batch(session, group_id="g",
-                               turns=[turn_row(r, e, ScoreOutcome(None), "producer", NOW) for r, e in batch.conversations],
+                               turns=[turn_row(r, e, ScoreOutcome(None), "producer", NOW)
+                                      for r, e in batch.conversations],
                                ratings=[], dead_letters=[], next_offsets=batch.next_offsets)
             raise RuntimeError("crash before commit")
     write(sessions, records(conversation("c-2", 0)))

@@ -25,6 +25,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy import stats
 
 SPEARMAN = "spearman"
@@ -53,7 +54,7 @@ class AgreementDrop:
     metric: str
 
 
-def _paired(reward, satisfaction) -> tuple[np.ndarray, np.ndarray]:
+def _paired(reward: ArrayLike, satisfaction: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     """Both as float arrays, with the pairs where either is NaN left out."""
     x = np.asarray(reward, dtype=float)
     y = np.asarray(satisfaction, dtype=float)
@@ -63,7 +64,7 @@ def _paired(reward, satisfaction) -> tuple[np.ndarray, np.ndarray]:
     return x[keep], y[keep]
 
 
-def spearman(reward, satisfaction) -> float:
+def spearman(reward: ArrayLike, satisfaction: ArrayLike) -> float:
     """Spearman rank correlation; NaN for fewer than 3 pairs or a constant side (pairs with NaN dropped)."""
     x, y = _paired(reward, satisfaction)
     # Checked here because scipy warns on constant input, and warnings are errors in our tests.
@@ -72,14 +73,14 @@ def spearman(reward, satisfaction) -> float:
     return float(stats.spearmanr(x, y).statistic)
 
 
-def _classes(reward, satisfied) -> tuple[np.ndarray, np.ndarray]:
+def _classes(reward: ArrayLike, satisfied: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     x, y = _paired(reward, satisfied)
     if not np.all((y == 0) | (y == 1)):
         raise ValueError("satisfied must be boolean (True/False or 1/0); threshold stars and scores first")
     return x[y == 1], x[y == 0]
 
 
-def auc(reward, satisfied) -> float:
+def auc(reward: ArrayLike, satisfied: ArrayLike) -> float:
     """P(reward of a satisfied sample > an unsatisfied one), ties counting 1/2; NaN with one class."""
     positives, negatives = _classes(reward, satisfied)
     if len(positives) == 0 or len(negatives) == 0:
@@ -107,7 +108,9 @@ def _spearman_variance(rho: float, n: int) -> float:
     return (1 + rho * rho / 2) / (n - 3)
 
 
-def spearman_drop(ref_reward, ref_sat, win_reward, win_sat) -> AgreementDrop:
+def spearman_drop(
+    ref_reward: ArrayLike, ref_sat: ArrayLike, win_reward: ArrayLike, win_sat: ArrayLike
+) -> AgreementDrop:
     """One-sided test that the window's rank correlation is lower than the reference's (Fisher z)."""
     ref_x, ref_y = _paired(ref_reward, ref_sat)
     win_x, win_y = _paired(win_reward, win_sat)
@@ -129,7 +132,9 @@ def _hanley_mcneil_variance(area: float, n_positive: int, n_negative: int) -> fl
             + (n_negative - 1) * (q2 - area * area)) / (n_positive * n_negative)
 
 
-def auc_drop(ref_reward, ref_satisfied, win_reward, win_satisfied) -> AgreementDrop:
+def auc_drop(
+    ref_reward: ArrayLike, ref_satisfied: ArrayLike, win_reward: ArrayLike, win_satisfied: ArrayLike
+) -> AgreementDrop:
     """One-sided test that the window's AUC is lower than the reference's (Hanley-McNeil SEs)."""
     ref_pos, ref_neg = _classes(ref_reward, ref_satisfied)
     win_pos, win_neg = _classes(win_reward, win_satisfied)

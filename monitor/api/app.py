@@ -6,8 +6,8 @@ from fastapi import FastAPI
 
 from monitor import __version__
 from monitor.api.context import AppContext
-from monitor.api.errors import install_error_handlers
 from monitor.api.routers import analysis, conversations, health
+from monitor.http_errors import install_error_handlers
 
 
 def create_app(context: AppContext) -> FastAPI:

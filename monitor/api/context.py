@@ -9,7 +9,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from monitor.config import Settings
-from monitor.ingest.health import HealthState
+from monitor.health import HealthState
 from monitor.scoring.base import Scorer
 
 

@@ -94,7 +94,9 @@ def run_scoring_benchmark(model: str, *, count: int = 300, device: str = "auto",
     conversations = benchmark_conversations(count)
     pairs = [plain_pair(c) for c in conversations] if not ours.uses_chat_template else None
     if pairs is None:
-        raise ValueError("the bare paths of this benchmark feed (context, response) pairs; use a model without a chat template")
+        raise ValueError(
+            "the bare paths of this benchmark feed (context, response) pairs; use a model without a chat template"
+        )
 
     def encode(batch: list[tuple[str, str]], padding: bool) -> dict[str, torch.Tensor]:
         contexts, responses = zip(*batch, strict=True)
@@ -118,7 +120,7 @@ def run_scoring_benchmark(model: str, *, count: int = 300, device: str = "auto",
         started, padded = time.perf_counter(), 0
         with torch.inference_mode():
             batch: list[int] = []
-            for index in order + [None]:  # type: ignore[list-item]
+            for index in [*order, None]:  # None: flush the last batch
                 if index is not None and (not batch or (len(batch) + 1) * lengths[index] <= max_batch_tokens):
                     batch.append(index)
                     continue

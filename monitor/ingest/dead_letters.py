@@ -19,9 +19,9 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
 from monitor.errors import BrokerUnavailable
-from monitor.kafka_defaults import BOOTSTRAP_TIMEOUT_MS, send_acknowledged
 from monitor.events import timestamp
 from monitor.ingest.decode import DeadLetterRecord
+from monitor.kafka_defaults import BOOTSTRAP_TIMEOUT_MS, send_acknowledged
 
 DEAD_LETTER_SCHEMA = "deadletter/v1"
 MAX_RAW_IN_TOPIC = 512 * 1024

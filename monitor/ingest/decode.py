@@ -2,12 +2,17 @@
 
 Pure: no I/O. Every record ends up in exactly one place: a turn row, a rating row, a dead letter,
 or (a redelivered copy of an event already in this batch) the ``duplicates`` count.
+
+Beyond its wire contract, an event must be dated plausibly (:class:`TimestampBounds`): a ``ts``
+more than a tolerance ahead of the ingest clock (``future_timestamp``) or before a floor
+(``ancient_timestamp``) is a producer's broken clock, and would otherwise move the analyzer's
+watermark or open a segment's reference window decades ago.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from monitor.errors import InvalidEvent
@@ -36,6 +41,46 @@ class DeadLetterRecord:
         }
 
 
+#: Defaults of ``MONITOR_INGEST_FUTURE_TOLERANCE_SECONDS`` and ``MONITOR_INGEST_TIMESTAMP_FLOOR``.
+DEFAULT_FUTURE_TOLERANCE = timedelta(minutes=5)
+DEFAULT_TIMESTAMP_FLOOR = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class TimestampBounds:
+    """The event times ingest accepts, relative to its own wall clock ``now``.
+
+    >>> now = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
+    >>> bounds = TimestampBounds()
+    >>> bounds.check(now + timedelta(minutes=4), now)  # within the tolerance: no error
+    >>> bounds.check(now + timedelta(days=365), now)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    monitor.errors.InvalidEvent: future_timestamp: ts 2027-11-27T10:00:00+00:00 is 31536000 s ahead of ...
+    """
+
+    #: How far ahead of ``now`` a ``ts`` may be: producers' clocks drift a little, never by hours.
+    future_tolerance: timedelta = DEFAULT_FUTURE_TOLERANCE
+    #: The earliest ``ts`` accepted: anything older is an unset or zeroed clock, not a late event.
+    floor: datetime = DEFAULT_TIMESTAMP_FLOOR
+
+    def check(self, ts: datetime, now: datetime) -> None:
+        """Raise :class:`InvalidEvent` (``future_timestamp`` / ``ancient_timestamp``) for a ``ts`` out of bounds."""
+        # Aware datetimes compare without converting to UTC, so year 1 or 9999 with an offset is safe here.
+        if ts > now + self.future_tolerance:
+            ahead = (ts - now).total_seconds()
+            raise InvalidEvent(
+                "future_timestamp",
+                f"ts {ts.isoformat()} is {ahead:.0f} s ahead of the ingest clock ({now.isoformat()}); "
+                f"the tolerance is {self.future_tolerance.total_seconds():.0f} s",
+            )
+        if ts < self.floor:
+            raise InvalidEvent("ancient_timestamp", f"ts {ts.isoformat()} is before {self.floor.isoformat()}")
+
+
+DEFAULT_TIMESTAMP_BOUNDS = TimestampBounds()
+
+
 @dataclass
 class DecodedBatch:
     conversations: list[tuple[KafkaRecord, ConversationEvent]] = field(default_factory=list)
@@ -51,7 +96,16 @@ class DecodedBatch:
         return sum(self.consumed_by_topic.values())
 
 
-def decode_batch(records: list[KafkaRecord], *, conversations_topic: str, ratings_topic: str) -> DecodedBatch:
+def decode_batch(
+    records: list[KafkaRecord],
+    *,
+    conversations_topic: str,
+    ratings_topic: str,
+    now: datetime | None = None,
+    timestamps: TimestampBounds = DEFAULT_TIMESTAMP_BOUNDS,
+) -> DecodedBatch:
+    """Sort ``records`` into a :class:`DecodedBatch`; ``now`` (default: the wall clock) bounds ``ts``."""
+    now = datetime.now(UTC) if now is None else now
     batch = DecodedBatch()
     seen_ids: set[object] = set()
     seen_turns: set[tuple[str, int]] = set()
@@ -64,6 +118,7 @@ def decode_batch(records: list[KafkaRecord], *, conversations_topic: str, rating
                 raise InvalidEvent("invalid_json", "empty record value (tombstone)")
             if record.topic == conversations_topic:
                 conversation = parse_conversation(record.value)
+                timestamps.check(conversation.ts, now)
                 turn_key = (conversation.conversation_id, conversation.turn)
                 if conversation.event_id in seen_ids or turn_key in seen_turns:
                     batch.duplicates += 1
@@ -73,6 +128,7 @@ def decode_batch(records: list[KafkaRecord], *, conversations_topic: str, rating
                 batch.conversations.append((record, conversation))
             elif record.topic == ratings_topic:
                 rating = parse_rating(record.value)
+                timestamps.check(rating.ts, now)
                 if rating.event_id in seen_ids:
                     batch.duplicates += 1
                     continue

@@ -25,9 +25,10 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -36,8 +37,15 @@ from sqlalchemy.orm import Session, sessionmaker
 from monitor.config import Settings
 from monitor.errors import BrokerUnavailable, MonitorError, ScoringError
 from monitor.events import ConversationEvent
-from monitor.ingest.decode import DecodedBatch, DeadLetterRecord, decode_batch, rating_row, turn_row
-from monitor.ingest.health import HealthState
+from monitor.health import HealthState
+from monitor.ingest.decode import (
+    DeadLetterRecord,
+    DecodedBatch,
+    TimestampBounds,
+    decode_batch,
+    rating_row,
+    turn_row,
+)
 from monitor.ingest.records import KafkaRecord
 from monitor.ingest.source import EventSource
 from monitor.metrics import Metrics
@@ -49,7 +57,7 @@ log = logging.getLogger(__name__)
 
 
 class DeadLetterSink(Protocol):
-    def publish(self, dead_letters: list[DeadLetterRecord], received_at: object) -> None: ...
+    def publish(self, dead_letters: Sequence[DeadLetterRecord], received_at: datetime) -> None: ...
 
 
 @dataclass
@@ -84,6 +92,7 @@ class IngestLoop:
         metrics: Metrics,
         health: HealthState,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self._settings = settings
         self._source = source
@@ -93,6 +102,11 @@ class IngestLoop:
         self._metrics = metrics
         self._health = health
         self._clock = clock
+        self._wall_clock = wall_clock
+        self._timestamps = TimestampBounds(
+            future_tolerance=timedelta(seconds=settings.ingest_future_tolerance_seconds),
+            floor=settings.ingest_timestamp_floor,
+        )
         self._next_lag_refresh = 0.0
         self._backoff = settings.retry_backoff_seconds
         self._in_flight: _InFlight | None = None
@@ -145,12 +159,16 @@ class IngestLoop:
 
     def _decode_and_write(self, records: list[KafkaRecord]) -> DecodedBatch:
         started = time.perf_counter()
+        # One reading of the wall clock per batch: it bounds the events' ts and stamps the rows.
+        received_at = self._wall_clock()
         batch = decode_batch(
             records,
             conversations_topic=self._settings.conversations_topic,
             ratings_topic=self._settings.ratings_topic,
+            now=received_at,
+            timestamps=self._timestamps,
         )
-        self._write(batch)
+        self._write(batch, received_at)
         self._record(batch, time.perf_counter() - started)
         return batch
 
@@ -161,8 +179,7 @@ class IngestLoop:
             self._metrics.batch_failures.labels(stage="commit").inc()
             log.warning("Kafka offset commit failed (the store has the offsets)", extra={"error": str(exc)})
 
-    def _write(self, batch: DecodedBatch) -> None:
-        received_at = utcnow()
+    def _write(self, batch: DecodedBatch, received_at: datetime) -> None:
         events: list[ConversationEvent] = [event for _, event in batch.conversations]
         outcomes = self._score(events)
         identity = self._scorer.identity

@@ -17,8 +17,8 @@ from kafka.errors import KafkaError
 
 from monitor.config import Settings
 from monitor.errors import BrokerUnavailable
-from monitor.kafka_defaults import BOOTSTRAP_TIMEOUT_MS
 from monitor.ingest.records import KafkaRecord
+from monitor.kafka_defaults import BOOTSTRAP_TIMEOUT_MS
 
 log = logging.getLogger(__name__)
 

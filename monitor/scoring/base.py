@@ -48,9 +48,11 @@ def conversations_of(events: Sequence[ConversationEvent]) -> list[list[dict[str,
 
 @runtime_checkable
 class Scorer(Protocol):
-    #: Provenance stored with every score (``kind:model@revision``), so scores of two reward
-    #: models are never mixed silently.
-    identity: str
+    @property
+    def identity(self) -> str:
+        """Provenance stored with every score (``kind:model@revision``), so scores of two reward
+        models are never mixed silently. Read-only: a plain attribute or a property satisfies it."""
+        ...
 
     def score(self, events: Sequence[ConversationEvent]) -> list[ScoreOutcome]: ...
 

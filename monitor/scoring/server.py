@@ -39,9 +39,9 @@ from typing import Annotated, Protocol
 from fastapi import FastAPI
 from pydantic import BaseModel, ConfigDict, Field
 
-from monitor.api.errors import install_error_handlers
 from monitor.errors import ScoringError
 from monitor.events import MAX_MESSAGES, Message
+from monitor.http_errors import install_error_handlers
 from monitor.scoring.base import ScoreOutcome
 
 #: The most conversations one request may carry (a client splits larger calls).

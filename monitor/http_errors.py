@@ -1,4 +1,8 @@
-"""One rendering of errors for every FastAPI app of `monitor`: ``{"error": {"type", "message"}}``."""
+"""One rendering of errors for every FastAPI app of `monitor`: ``{"error": {"type", "message"}}``.
+
+Shared by the API (`monitor.api`) and the scoring server (`monitor.scoring.server`), which must not
+import each other.
+"""
 
 from __future__ import annotations
 

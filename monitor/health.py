@@ -1,4 +1,8 @@
-"""`HealthState`: what the ingest loop last saw of its dependencies, read by ``/readyz``."""
+"""`HealthState`: what the service last saw of its dependencies.
+
+The ingest loop writes it and the API's ``/readyz`` reads it; it lives outside both so that
+neither imports the other.
+"""
 
 from __future__ import annotations
 
