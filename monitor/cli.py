@@ -1,4 +1,4 @@
-"""The `monitor` command: serve | demo | simulate | analyze | db | rm | bench."""
+"""The `monitor` command: serve | demo | simulate | analyze | db | rm | bench | signals."""
 
 from __future__ import annotations
 
@@ -18,6 +18,9 @@ rm_app = typer.Typer(help="Reward models: the bundled demo RM and a scoring serv
 app.add_typer(db_app, name="db")
 app.add_typer(rm_app, name="rm")
 app.add_typer(bench_app, name="bench")
+signals_app = typer.Typer(help="The sentence classifiers behind the sycophancy, hedging, overpromise and refusal "
+                          "signals.", no_args_is_help=True)
+app.add_typer(signals_app, name="signals")
 
 
 def _settings(**overrides: object) -> Settings:
@@ -56,6 +59,7 @@ def simulate(
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same traffic.")] = 0,
     rating_rate: Annotated[float, typer.Option(help="Share of turns that get a rating.", min=0, max=1)] = 0.35,
     fast: Annotated[bool, typer.Option("--fast", help="Send as fast as possible, not in real time.")] = False,
+    phrasing: Annotated[str, typer.Option(help="Wording of the style phrases: bank or paraphrase.")] = "bank",
 ) -> None:
     """Produce simulated conversation/v1 and rating/v1 events into Kafka."""
     from monitor.sim.produce import produce
@@ -63,7 +67,7 @@ def simulate(
 
     settings = _settings()
     try:
-        simulator = TrafficSimulator(seed, rating_rate=rating_rate)
+        simulator = TrafficSimulator(seed, rating_rate=rating_rate, phrasing=phrasing)
         counts = produce(
             simulator.messages(rate, duration),
             bootstrap_servers=settings.bootstrap_servers,
@@ -105,15 +109,17 @@ def demo(
 
 @app.command()
 def analyze(
-    refit: Annotated[bool, typer.Option("--refit", help="Forget the frozen calibrations and fit them again "
-                                        "(after a new reward model or a relabeling cycle).")] = False,
+    refit: Annotated[bool, typer.Option("--refit", help="Fit each segment's calibration again on its most recent "
+                                        "labels (after a relabeling cycle, or a reference that no longer "
+                                        "stands); open alerts of the old calibration resolve.")] = False,
+    recompute: Annotated[bool, typer.Option("--recompute", help="Forget the analyzer's state and recompute "
+                                            "everything from the stored turns (alerts keep their keys).")] = False,
     publish: Annotated[bool, typer.Option(help="Publish alert changes to the flags topic.")] = True,
 ) -> None:
-    """Run the analyzer once over the store: calibrate, detect, attribute, report drift."""
+    """Run the analyzer once over what arrived since its checkpoint: calibrate, detect, attribute, report drift."""
     from monitor.analyze.runner import Analyzer
     from monitor.logs import configure_logging
     from monitor.service import prepare_database
-    from monitor.store.analysis import delete_calibrations
     from monitor.store.db import make_engine, make_session_factory
 
     settings = _settings()
@@ -123,10 +129,15 @@ def analyze(
         engine = make_engine(settings.database_url)
         sessions = make_session_factory(engine)
         try:
-            if refit:
-                with sessions.begin() as session:
-                    typer.echo(f"forgot {delete_calibrations(session)} calibration(s)", err=True)
-            summary = Analyzer(settings, sessions).run_once(publish=publish, drift=True)
+            analyzer = Analyzer(settings, sessions)
+            if recompute:
+                typer.echo(f"forgot the state of {analyzer.recompute()} segment(s)", err=True)
+            summary = analyzer.run_once(publish=publish, drift=True)
+            if refit and not summary.locked:
+                refitted = analyzer.refit()
+                typer.echo(f"refitted {len(refitted)} segment(s) on their latest labels: "
+                           f"{', '.join(refitted) or 'none'}", err=True)
+                summary = analyzer.run_once(publish=publish, drift=False)
         finally:
             engine.dispose()
     except MonitorError as exc:
@@ -140,12 +151,14 @@ def analyze(
 @rm_app.command("build-demo")
 def rm_build_demo(
     path: Annotated[str, typer.Argument(help="Directory to write the model to.")],
-    bias: Annotated[float, typer.Option(help="How much the labelers over-reward long, formatted, flattering answers.", min=0)] = 1.0,
+    bias: Annotated[
+        float, typer.Option(help="How much the labelers over-reward long, formatted, flattering answers.", min=0)
+    ] = 1.0,
     pairs: Annotated[int, typer.Option(help="Preference pairs to train on.", min=10)] = 2000,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
     """Build the demo reward model (MiniLM encoder + Bradley-Terry head) into PATH."""
-    from monitor.scoring.demo_rm import build_demo_reward_model
+    from monitor.demo_rm import build_demo_reward_model
 
     report = build_demo_reward_model(path, bias=bias, pairs=pairs, seed=seed,
                                      progress=lambda line: typer.echo(line, err=True))
@@ -178,6 +191,54 @@ def rm_serve(
         raise _fail(exc) from exc
     typer.echo(f"serving {scorer.identity} on http://{host}:{port}/v1/score", err=True)
     uvicorn.run(create_scoring_app(scorer), host=host, port=port, log_level="warning")
+
+
+@signals_app.command("train")
+def signals_train(
+    out: Annotated[str | None, typer.Option(help="Where to write the heads (.npz); default: the shipped file.")] = None,
+    labelled: Annotated[str | None, typer.Option(help="Labelled sentences (.jsonl); default: the shipped set.")] = None,
+) -> None:
+    """Fit the style heads on the train split of the labelled sentences and save them."""
+    from monitor.style_model import DEFAULT_HEADS
+    from monitor.style_training import DEFAULT_SET, evaluate_style_model, train_style_model
+
+    path = labelled or DEFAULT_SET
+    try:
+        heads = train_style_model(path)
+        heads.save(out or DEFAULT_HEADS)
+        evaluation = evaluate_style_model(heads, path)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    except MonitorError as exc:
+        raise _fail(exc) from exc
+    typer.echo(f"heads for {heads.encoder} (C={heads.c:g}) written to {out or DEFAULT_HEADS}")
+    typer.echo(evaluation.report())
+
+
+@signals_app.command("evaluate")
+def signals_evaluate(
+    heads: Annotated[str | None, typer.Option(help="Heads to evaluate (.npz); default: the shipped file.")] = None,
+    labelled: Annotated[str | None, typer.Option(help="Labelled sentences (.jsonl); default: the shipped set.")] = None,
+    split: Annotated[str, typer.Option(help="holdout or train.")] = "holdout",
+    errors: Annotated[bool, typer.Option("--errors", help="Also list the classifier's mistakes.")] = False,
+) -> None:
+    """Sentence-level precision and recall per signal: the classifier, the phrase list, both."""
+    from monitor.style_model import DEFAULT_HEADS, StyleHeads
+    from monitor.style_training import DEFAULT_SET, evaluate_style_model
+
+    try:
+        evaluation = evaluate_style_model(StyleHeads.load(heads or DEFAULT_HEADS), labelled or DEFAULT_SET,
+                                          split=split)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    except MonitorError as exc:
+        raise _fail(exc) from exc
+    typer.echo(evaluation.report())
+    if errors:
+        for label, mistakes in evaluation.errors.items():
+            typer.echo("\n".join(f"  {label}: {mistake}" for mistake in mistakes))
 
 
 @db_app.command("upgrade")
@@ -241,10 +302,75 @@ def bench_scoring(
 ) -> None:
     """Our scoring path vs a naive loop and a bare length-bucketed forward, same texts."""
     from monitor.bench.scoring import run_scoring_benchmark
-    from monitor.scoring.demo_rm import ensure_demo_reward_model
+    from monitor.demo_rm import ensure_demo_reward_model
 
     path = model or str(ensure_demo_reward_model(progress=lambda line: typer.echo(line, err=True)))
     result = run_scoring_benchmark(path, count=count, device=device, echo=lambda line: typer.echo(line, err=True))
+    typer.echo(result.report())
+
+
+@bench_app.command("analyze")
+def bench_analyze(
+    sizes: Annotated[str, typer.Option(help="Comma-separated stored-turn counts, one fresh database each.")] = (
+        "100000,300000,1000000"
+    ),
+    new: Annotated[int, typer.Option(help="New turns (signals not derived) before the measured run.", min=1)] = 10_000,
+    database_url: Annotated[str, typer.Option(help="PostgreSQL server to create the scratch databases on.")] = (
+        "postgresql://postgres@127.0.0.1:5432/test"
+    ),
+    keep: Annotated[bool, typer.Option("--keep", help="Keep the scratch databases (their URLs are printed).")] = False,
+) -> None:
+    """Time and RSS of a scheduled analyzer run after NEW turns, with SIZES turns already stored."""
+    import sys
+    from collections.abc import Callable
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from monitor.bench.analyze import run_analyze_benchmark
+
+    try:
+        counts = tuple(int(size.replace("_", "")) for size in sizes.split(",") if size.strip())
+    except ValueError as exc:
+        typer.echo(f"error: --sizes takes comma-separated integers, got {sizes!r}", err=True)
+        raise typer.Exit(2) from exc
+    console = Console(stderr=True)
+    bars = Progress(console=console, transient=True, disable=not console.is_terminal)
+
+    def progress(description: str, total: int) -> Callable[[int], None]:
+        task = bars.add_task(description, total=total)
+
+        def update(done: int) -> None:  # called once per COPY chunk (50k turns)
+            bars.update(task, completed=done)
+            if not console.is_terminal:
+                print(f"{description}: {done:,}", file=sys.stderr, flush=True)
+
+        return update
+
+    try:
+        with bars:
+            result = run_analyze_benchmark(sizes=counts, new=new, database_url=database_url, keep=keep,
+                                           echo=lambda line: typer.echo(line, err=True), progress=progress)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    except MonitorError as exc:
+        raise _fail(exc) from exc
+    typer.echo(result.report())
+
+
+@bench_app.command("signals")
+def bench_signals(
+    count: Annotated[int, typer.Option(help="Responses of each kind (simulator, holdout-like).", min=10)] = 2000,
+    seed: Annotated[int, typer.Option(help="Simulator and sampling seed.")] = 0,
+) -> None:
+    """derive_signals throughput, cold and warm sentence cache, against the phrase lists alone."""
+    from monitor.bench.signals import run_signals_benchmark
+
+    try:
+        result = run_signals_benchmark(count=count, seed=seed, echo=lambda line: typer.echo(line, err=True))
+    except MonitorError as exc:
+        raise _fail(exc) from exc
     typer.echo(result.report())
 
 
@@ -254,25 +380,35 @@ def bench_detect(
     seed: Annotated[int, typer.Option(help="Simulator seed.")] = 0,
     b1_labels: Annotated[int, typer.Option(help="Rated S0 turns for the false-alarm count.", min=1000)] = 100_000,
     trials: Annotated[int, typer.Option(help="Injected-shift trials for the B1 delay.", min=10)] = 300,
+    b1_kind_streams: Annotated[int, typer.Option(help="Stationary streams per rating kind (thumbs, stars, score) "
+                                                 "for B1, each with its own reference.", min=1)] = 60,
     scenarios: Annotated[str, typer.Option(help="Comma-separated scenarios to run after B1.")] = "S1,S2,S3,S4,S5,S6,S7",
     labels_after_onset: Annotated[int, typer.Option(help="Rated turns per segment after each onset.", min=100)] = 2000,
     seeds: Annotated[int, typer.Option(help="Runs (seeds) per scenario setting.", min=1)] = 1,
     reference_labels: Annotated[int, typer.Option(help="Rated turns per segment reference.", min=50)] = 500,
     false_alarm_labels: Annotated[int, typer.Option(help="False-alarm budget: 1 per N rated turns.", min=100)] = 10_000,
+    phrasing: Annotated[str, typer.Option(help="Comma-separated wordings S1-S4 and S7 run with: bank (the phrase "
+                                          "banks) and/or paraphrase (held out from the style classifiers).")] = "bank",
 ) -> None:
     """Detection quality on simulated scenarios: false alarms, delay, AUROC, attribution F1, S5."""
     from monitor.analyze.engine import AnalysisConfig
     from monitor.bench.detect import run_detect_benchmark
     from monitor.sim.scenarios import SCENARIO_NAMES
+    from monitor.sim.traffic import PHRASINGS
 
     names = tuple(name.strip() for name in scenarios.split(",") if name.strip())
     unknown = [name for name in names if name not in SCENARIO_NAMES]
     if unknown:
         typer.echo(f"error: unknown scenario(s) {', '.join(unknown)}; known: {', '.join(SCENARIO_NAMES)}", err=True)
         raise typer.Exit(2)
-    result = run_detect_benchmark(full=full, seed=seed, b1_labels=b1_labels, b1_trials=trials, scenarios=names,
+    wordings = tuple(name.strip() for name in phrasing.split(",") if name.strip())
+    if not wordings or any(name not in PHRASINGS for name in wordings):
+        typer.echo(f"error: --phrasing must name some of {', '.join(PHRASINGS)}, got {phrasing!r}", err=True)
+        raise typer.Exit(2)
+    result = run_detect_benchmark(full=full, seed=seed, b1_labels=b1_labels, b1_trials=trials,
+                                  b1_kind_streams=b1_kind_streams, scenarios=names,
                                   labels_after_onset=labels_after_onset, seeds=seeds,
                                   config=AnalysisConfig(reference_labels=reference_labels,
                                                         false_alarm_labels=false_alarm_labels, window_seconds=1800.0),
-                                  echo=lambda line: typer.echo(line, err=True))
+                                  phrasing=wordings, echo=lambda line: typer.echo(line, err=True))
     typer.echo(result.report())

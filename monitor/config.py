@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import os
 import re
+from datetime import UTC, datetime
 from typing import Annotated
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import AwareDatetime, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from monitor.errors import ConfigError
@@ -42,6 +43,14 @@ class Settings(BaseSettings):
     lag_refresh_seconds: float = Field(default=5.0, gt=0)
     retry_backoff_seconds: float = Field(default=1.0, gt=0)
     retry_backoff_max_seconds: float = Field(default=30.0, gt=0)
+    ingest_future_tolerance_seconds: float = Field(
+        default=300.0, ge=0, le=86_400, allow_inf_nan=False,
+        description="An event whose ts is further ahead of the ingest clock is dead-lettered (future_timestamp).",
+    )
+    ingest_timestamp_floor: AwareDatetime = Field(
+        default=datetime(2000, 1, 1, tzinfo=UTC),
+        description="An event whose ts is earlier is dead-lettered (ancient_timestamp).",
+    )
 
     rm_model: str | None = Field(
         default=None, description="Reward model: a local directory or a hub id; unset: use producer rewards."
@@ -64,7 +73,9 @@ class Settings(BaseSettings):
         default="payments,cards,investments,fraud,general",
         description="Comma-separated domains watched as their own segment; others fall into `other`; empty: one `*`.",
     )
-    segment_model_versions: str = Field(default="", description="As segment_domains, for the assistant's model_version.")
+    segment_model_versions: str = Field(
+        default="", description="As segment_domains, for the assistant's model_version."
+    )
     segment_locales: str = Field(default="", description="As segment_domains, for the locale.")
     required_language: dict[str, list[str]] | None = Field(
         default=None,
@@ -75,7 +86,8 @@ class Settings(BaseSettings):
         default=60.0, ge=0, description="How often `serve` runs the analyzer; 0 turns the schedule off."
     )
     analyze_reference_labels: int = Field(
-        default=500, ge=50, description="Rated turns in each segment's reference window (its first ones by ts)."
+        default=500, ge=50,
+        description="Rated turns in each reference window: a segment's first ones under each reward model.",
     )
     analyze_window_minutes: float = Field(
         default=60.0, gt=0, description="The current window (event time) of segment statistics and drift."
@@ -88,10 +100,20 @@ class Settings(BaseSettings):
     )
     analyze_rank_window: int = Field(default=300, ge=30, description="Rated turns per rank-agreement window.")
     analyze_rank_fdr: float = Field(
-        default=0.001, gt=0, lt=1, description="Benjamini-Hochberg level of the rank-agreement drop tests."
+        default=0.001, gt=0, lt=1,
+        description="False-positive level of the rank-agreement drop tests, "
+        "shared (Bonferroni) by the configured segments.",
     )
     analyze_resolve_labels: int = Field(
         default=300, ge=10, description="Rated turns without a new detection before an alert resolves."
+    )
+    analyze_rating_horizon_minutes: float = Field(
+        default=60.0, gt=0, description="A rating later than this after its turn (event time) never enters the "
+        "detectors: the turn has settled. Ratings within it update alerts, never re-key them.",
+    )
+    analyze_settle_seconds: float = Field(
+        default=120.0, ge=0, description="Rated turns enter the detectors this far behind the slower of the "
+        "conversations' and ratings' watermarks (event time), so ratings still in flight are not skipped.",
     )
     analyze_drift_interval_seconds: float = Field(
         default=600.0, ge=0, description="Scheduled runs rebuild the drift report at most this often."
@@ -112,6 +134,13 @@ class Settings(BaseSettings):
         if value.upper() not in levels:
             raise ValueError(f"must be one of {', '.join(levels)}")
         return value.upper()
+
+    @field_validator("ingest_timestamp_floor")
+    @classmethod
+    def _floor_in_the_past(cls, value: datetime) -> datetime:
+        if value >= datetime.now(UTC):
+            raise ValueError("must be in the past (a floor in the future would reject every event)")
+        return value
 
     @field_validator("kafka_bootstrap")
     @classmethod

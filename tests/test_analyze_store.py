@@ -11,6 +11,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from sqlalchemy import select, update
 
+from monitor.analyze.derive import fill_signals
 from monitor.analyze.engine import AnalysisConfig
 from monitor.analyze.runner import Analyzer
 from monitor.api.app import create_app
@@ -18,16 +19,17 @@ from monitor.api.context import AppContext
 from monitor.api.server import ApiServer
 from monitor.broker import free_port
 from monitor.events import parse_flag
-from monitor.ingest.health import HealthState
+from monitor.health import HealthState
 from monitor.metrics import Metrics
 from monitor.scoring.base import ProducerRewardScorer
+from monitor.sim.traffic import TrafficSimulator
+from monitor.store.analysis import prune_runs
 from monitor.store.db import make_engine, make_session_factory
 from monitor.store.migrate import upgrade
-from monitor.sim.traffic import TrafficSimulator
-from monitor.store.analysis import fill_signals, prune_runs
-from monitor.store.models import Alert, AnalysisRun, Calibration, Turn
+from monitor.store.models import Alert, AnalysisRun, SegmentState, Turn
 from tests.analysis_data import REFERENCE, s1_traffic, write
 from tests.helpers import read_topic
+
 
 @pytest.fixture
 def sessions(migrated_url: str):
@@ -103,6 +105,14 @@ def test_length_hacking_is_flagged_persisted_published_and_served(traffic, sessi
             assert diverging["status"] == "diverging" and "verbosity" in diverging["modes"]
             assert diverging["estimated_satisfaction"] > diverging["realised_satisfaction"]
             assert diverging["gap_ci95"][1] < 0
+            assert diverging["reward_model"] == "producer@assistant-2026-11-20"
+            assert diverging["reward_model_changes"][0]["identity"] == diverging["reward_model"]
+
+            # Per-sample divergence is stored per turn and served with the conversation.
+            example = first["evidence"]["top_examples"][0]
+            turns = http.get(f"/v1/conversations/{example['conversation_id']}").json()["turns"]
+            served = next(t for t in turns if t["turn"] == example["turn"])
+            assert served["divergence"] is not None and served["divergence"] > 0
 
             drift = http.get("/v1/reports/drift").json()
             # Length hacking moves the length signals away from the reference: the report says so.
@@ -152,18 +162,23 @@ def test_alerts_do_not_depend_on_how_many_workers_wrote_the_rows_or_in_what_orde
     assert results[0] and results[0] == results[1]
 
 
-def test_rows_stored_without_signals_are_analysed_the_same(traffic, sessions, migrated_url, topic_settings):
+def test_a_from_scratch_recompute_gives_the_same_alerts_under_the_same_keys(traffic, sessions, migrated_url,
+                                                                           topic_settings):
     write(sessions, traffic)
     settings = analyzer_settings(topic_settings, migrated_url, analyze_drift_rows=0)
-    Analyzer(settings, sessions).run_once(publish=False)
-    before = [(a.key, a.mode) for a in alerts(sessions)]
+    analyzer = Analyzer(settings, sessions)
+    analyzer.run_once(publish=False)
+    before = [(a.key, a.state, a.started_at, a.resolved_at, a.mode) for a in alerts(sessions)]
+    assert before
     with sessions.begin() as session:
-        # As if written before migration 0003: no signals, no prompt risk, no calibrations yet.
-        session.execute(update(Turn).values(sig_length_tokens=None, prompt_harmful=None))
-        session.execute(Calibration.__table__.delete())
-        session.execute(Alert.__table__.delete())
-    Analyzer(settings, sessions).run_once(publish=False)
-    assert [(a.key, a.mode) for a in alerts(sessions)] == before
+        # As if written before the analyzer existed: no signals, no prompt risk, no state.
+        session.execute(update(Turn).values(sig_length_tokens=None, prompt_harmful=None, divergence=None))
+    assert analyzer.recompute() == 5
+    with sessions() as session:
+        assert session.scalars(select(SegmentState)).first() is None
+    summary = analyzer.run_once(publish=False)
+    assert summary.opened == 0 and len(summary.fitted) == 5
+    assert [(a.key, a.state, a.started_at, a.resolved_at, a.mode) for a in alerts(sessions)] == before
 
 
 def test_an_empty_store_gives_an_empty_run_and_the_api_says_why(sessions, migrated_url, topic_settings):
@@ -217,10 +232,9 @@ def test_signals_are_derived_once_off_the_ingest_path_and_the_producers_risk_win
     assert 0 < len(from_producer) < len(stored)
     assert all(t.prompt_harmful is None for t in stored if t.prompt_risk_source is None)
 
-    with sessions.begin() as session:
-        assert fill_signals(session, chunk=64) == len(stored)
-    with sessions.begin() as session:
-        assert fill_signals(session) == 0  # once per turn
+    assert fill_signals(sessions, chunk=64) == len(stored)
+    assert fill_signals(sessions) == 0  # once per turn
+    with sessions() as session:
         filled = list(session.scalars(select(Turn)))
     assert all(t.sig_length_tokens > 0 and t.prompt_harmful is not None for t in filled)
     assert {t.event_id: t.prompt_harmful for t in filled if t.prompt_risk_source == "producer"} == from_producer

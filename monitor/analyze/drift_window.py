@@ -1,25 +1,25 @@
 """Which turns the drift report compares: the reference periods against the current window.
 
-Reference: every turn (rated or not) inside the union of the segments' reference windows; current:
-the last ``window_seconds`` of event time. Each side is thinned to at most ``rows`` turns, evenly
-spaced in serving order, so the report (and the prompt embeddings it needs) costs the same
-whatever the traffic. Columns: the reward and every signal; prompts enter as MiniLM embeddings.
+Reference: the turns of every segment's current reference (the labels its calibration was fitted
+on); current: the turns of the last ``window_seconds`` of event time. Each side is thinned to at
+most ``rows`` turns, evenly spaced in serving order, so the report (and the prompt embeddings it
+needs) costs the same whatever the traffic. Columns: the reward and every signal; prompts enter as
+MiniLM embeddings.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from sqlalchemy.orm import Session
 
 from monitor.analyze.drift import DriftReport, drift_report
 from monitor.analyze.embeddings import PromptEmbedder
-from monitor.analyze.engine import Analysis, AnalysisConfig
 from monitor.analyze.frame import TurnFrame
+from monitor.analyze.state import SegmentState
 from monitor.signals import SIGNAL_NAMES
-from monitor.store.analysis import prompts_by_event_id
 
 COLUMNS = ("reward", *SIGNAL_NAMES)
 _MIN_ROWS = 30
@@ -37,42 +37,49 @@ class DriftInputs:
         return self.embedder
 
 
-def drift_windows(frame: TurnFrame, analysis: Analysis, config: AnalysisConfig,
-                  rows: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """Row indices of the reference and current samples, or None when either is too small."""
-    if not analysis.calibrations or analysis.watermark is None or rows <= 0:
-        return None
-    start = min(c.reference_from for c in analysis.calibrations.values())
-    end = max(c.reference_to for c in analysis.calibrations.values())
-    scored = ~np.isnan(frame.score)
-    reference = np.flatnonzero(scored & (frame.ts >= start) & (frame.ts <= end))
-    current = np.flatnonzero(scored & (frame.ts > analysis.watermark - config.window_seconds))
-    if len(reference) < _MIN_ROWS or len(current) < _MIN_ROWS:
-        return None
-    return _thin(reference, rows), _thin(current, rows)
+def reference_event_ids(states: Mapping[str, SegmentState]) -> list[str]:
+    """Event ids of the turns behind every segment's current calibration."""
+    ids: list[str] = []
+    for state in states.values():
+        track = state.track
+        if track is not None and track.calibration is not None:
+            ids += [row[0] for row in track.reference.ids]
+    return ids
 
 
-def build_drift_report(session: Session, frame: TurnFrame, analysis: Analysis, config: AnalysisConfig,
-                       inputs: DriftInputs) -> DriftReport | None:
-    windows = drift_windows(frame, analysis, config, inputs.rows)
-    if windows is None:
+def drift_samples(reference: TurnFrame, current: TurnFrame, rows: int) -> tuple[TurnFrame, TurnFrame] | None:
+    """The scored turns of each side thinned to ``rows``, or None when either is too small."""
+    if rows <= 0:
         return None
-    reference, current = windows
-    embeddings: dict[str, np.ndarray | None] = {"reference": None, "current": None}
+    samples = []
+    for frame in (reference, current):
+        scored = np.flatnonzero(~np.isnan(frame.score))
+        if len(scored) < _MIN_ROWS:
+            return None
+        samples.append(frame.take(_thin(scored, rows)))
+    return samples[0], samples[1]
+
+
+def build_drift_report(reference: TurnFrame, current: TurnFrame, inputs: DriftInputs,
+                       prompts: Callable[[Sequence[str]], Mapping[str, str]]) -> DriftReport | None:
+    """The report of ``current`` against ``reference``; ``prompts`` maps event ids to prompt texts."""
+    samples = drift_samples(reference, current, inputs.rows)
+    if samples is None:
+        return None
+    embeddings: list[np.ndarray | None] = [None, None]
     if inputs.embeddings:
-        prompts = prompts_by_event_id(session, [*frame.event_id[reference], *frame.event_id[current]])
+        texts = prompts([*samples[0].event_id, *samples[1].event_id])
         embedder = inputs.get_embedder()
-        for name, index in (("reference", reference), ("current", current)):
-            embeddings[name] = embedder.embed([prompts.get(event_id, "") for event_id in frame.event_id[index]])
-    return drift_report(drift_table(frame, reference), drift_table(frame, current), columns=COLUMNS,
-                        reference_embeddings=embeddings["reference"], current_embeddings=embeddings["current"],
+        embeddings = [embedder.embed([texts.get(event_id, "") for event_id in sample.event_id]) for sample in samples]
+    return drift_report(drift_table(samples[0]), drift_table(samples[1]), columns=COLUMNS,
+                        reference_embeddings=embeddings[0], current_embeddings=embeddings[1],
                         title="Input drift: reference windows vs the current window")
 
 
-def drift_table(frame: TurnFrame, index: np.ndarray) -> pd.DataFrame:
-    """The report's numeric columns (:data:`COLUMNS`) of the frame's rows ``index``."""
-    table = pd.DataFrame(frame.signals[index], columns=list(SIGNAL_NAMES))
-    table.insert(0, "reward", frame.score[index])
+def drift_table(frame: TurnFrame) -> pd.DataFrame:
+    """The report's numeric columns (:data:`COLUMNS`) of the frame's rows."""
+    table = pd.DataFrame(frame.signals, columns=list(SIGNAL_NAMES))
+    table.insert(0, "reward", frame.score)
     return table
 
 

@@ -1,48 +1,64 @@
-"""The analysis itself: a pure function from a :class:`TurnFrame` (and the frozen calibrations) to
-divergence episodes, per-segment statistics and per-sample divergence scores.
+"""The analysis itself, incremental: stream entries in, episode changes out; pure (no I/O, no clock).
 
-Per segment, in serving order:
+**Entries.** Each rating of a turn enters the detectors once, as one label of that response, at its
+*entry time*: the rating's ``ts`` (the turn's own ``ts`` when the rating came first). Entries are
+fed in entry-time order (ties by conversation, turn and rating id). A rating later than
+``rating_horizon_seconds`` after its turn never enters: by then the turn has settled. An entry is
+final, so a late rating adds an entry but never rewrites the past, and an alert is never withdrawn;
+a user's considered verdict half an hour after a quick thumb enters as a label of its own. Feeding the same entries
+in one batch or in a thousand gives bit-identical state (tested), which is what makes the service's
+minute-by-minute runs agree with a from-scratch recompute.
 
-1. **Reference**: the segment's first ``reference_labels`` rated turns fit a :class:`Calibration`
-   (reward -> P(satisfied)), once; it is frozen afterwards.
-2. **Residual stream**: every later rated turn gives ``z = (satisfaction - P) / residual_sd``.
-3. **CUSUM** (two-sided, threshold calibrated to the false-alarm budget on the reference
-   residuals) over that stream. A detection opens an episode (or extends the open one in its
-   direction); the episode resolves when the last ``resolve_labels`` rated turns, all after its
-   latest detection, show a mean shift under a quarter of the design shift.
-4. **Rank agreement**: consecutive windows of ``rank_window`` rated turns test whether the
-   Spearman correlation of reward and satisfaction dropped below the reference; windows ending in
-   the same event-time bucket form one family across segments, Benjamini-Hochberg at ``rank_fdr``.
-5. **Attribution** of each episode to reward-hacking modes over its latest ``rank_window`` turns.
+Per segment and reward-model identity (a :class:`~monitor.analyze.state.Track`):
 
-Nothing here reads a clock: time is the events' ``ts``, so a backfill gives the alerts that living
-through the same traffic gave.
+1. **Reference**: the first ``reference_labels`` entries fit a :class:`Calibration` (reward ->
+   P(satisfied)), frozen afterwards. A new identity gathers its own reference.
+2. **Residual stream**: each later entry gives ``z = (satisfaction - P) / residual_sd``.
+3. **CUSUM** (two-sided, threshold calibrated to the false-alarm budget on the reference residuals).
+   A detection opens an episode (or extends the open one in its direction); the episode resolves
+   when the last ``resolve_labels`` entries, all after its latest detection, show a mean shift under
+   a quarter of the design shift.
+4. **Rank agreement**: every ``rank_window`` entries test whether the Spearman correlation of
+   reward and satisfaction dropped below the reference's, at level ``rank_fdr / rank_family``
+   (Bonferroni over the configured segments: a family that never waits for other segments).
+5. **Attribution** of an episode to reward-hacking modes over the ``rank_window`` entries up to its
+   latest detection, with the top examples by per-sample divergence.
+
+Alerts are keyed ``segment|detector|direction|number`` with episodes numbered per segment, so the
+key is known the moment an episode opens and never changes.
 """
 
 from __future__ import annotations
 
 import math
-from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import numpy as np
 
 from monitor.analyze.attribution import attribute
-from monitor.analyze.calibration import Calibration, fit_calibration
-from monitor.analyze.cusum import Cusum
-from monitor.analyze.divergence import divergence_scores
+from monitor.analyze.calibration import fit_calibration
 from monitor.analyze.frame import TurnFrame
-from monitor.analyze.multiple_testing import benjamini_hochberg
-from monitor.analyze.rank_agreement import auc, spearman, spearman_drop
+from monitor.analyze.rank_agreement import spearman_drop
 from monitor.analyze.segments import SegmentScheme
+from monitor.analyze.state import N_SIGNALS, Moments, OpenEpisode, Rows, SegmentState, Track
 from monitor.config import Settings
 from monitor.events import timestamp
 from monitor.signals import SIGNAL_NAMES
 
 DETECTORS = ("cusum", "rank_drop")
-_REFUSAL = SIGNAL_NAMES.index("refusal")
+PRODUCER = "producer"
+#: Below this many rows a track's top examples are not ranked by its own divergence regressions.
+TRACK_MOMENTS = 200
+#: Per-sample divergence shrinks a track's regressions towards every track's pooled ones with the
+#: weight of this many pooled rows: a young track (a new segment, a new RM) borrows the others'
+#: view; an old one speaks for itself. Measured on S1 (as the schedule scores each turn): track
+#: alone AUROC 0.881, pooled alone 0.911.
+PRIOR_ROWS = 2000.0
+#: Below this many pooled rows there is nothing to learn the users' view from.
+MIN_MOMENTS = 50
+_RIDGE = 1.0
 
 
 @dataclass(frozen=True)
@@ -52,35 +68,46 @@ class AnalysisConfig:
     false_alarm_labels: int = 10_000
     rank_window: int = 300
     rank_fdr: float = 0.001
+    rank_family: int = 1  # tests sharing the rank_fdr level: the number of configured segments
     resolve_labels: int = 300
     window_seconds: float = 3600.0
+    rating_horizon_seconds: float = 3600.0
+    settle_seconds: float = 120.0
     top_examples: int = 5
     seed: int = 0
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> AnalysisConfig:
+    def from_settings(cls, settings: Settings, scheme: SegmentScheme | None = None) -> AnalysisConfig:
+        scheme = scheme or SegmentScheme.from_settings(settings)
         return cls(
             reference_labels=settings.analyze_reference_labels, shift_sd=settings.analyze_shift_sd,
             false_alarm_labels=settings.analyze_false_alarm_labels, rank_window=settings.analyze_rank_window,
-            rank_fdr=settings.analyze_rank_fdr, resolve_labels=settings.analyze_resolve_labels,
-            window_seconds=settings.analyze_window_minutes * 60.0,
+            rank_fdr=settings.analyze_rank_fdr, rank_family=len(scheme.all_keys()),
+            resolve_labels=settings.analyze_resolve_labels, window_seconds=settings.analyze_window_minutes * 60.0,
+            rating_horizon_seconds=settings.analyze_rating_horizon_minutes * 60.0,
+            settle_seconds=settings.analyze_settle_seconds,
         )
+
+    @property
+    def ring_size(self) -> int:
+        return max(self.rank_window, self.resolve_labels)
 
 
 @dataclass
 class Episode:
-    """One divergence episode of one segment and detector."""
+    """The latest view of one divergence episode: what an alert row stores."""
 
     segment: str
     detector: str
     direction: str  # "down": users less satisfied than the RM predicts (the reward-hacking side)
-    started_at: float  # event time of the first detection
+    number: int
+    started_at: float  # entry time of the first detection
     resolved_at: float | None
     detections: int
-    last_index: int  # position in the segment's residual stream of the latest detection
-    mode: str = ""
+    identity: str  # the reward model the episode was detected under
+    mode: str | None = None  # None: unchanged since the last snapshot (a resolution only)
     modes: tuple[str, ...] = ()
-    evidence: dict = field(default_factory=dict)
+    evidence: dict | None = None
 
     @property
     def state(self) -> str:
@@ -88,243 +115,404 @@ class Episode:
 
     @property
     def key(self) -> str:
-        return f"{self.segment}|{self.detector}|{self.direction}|{iso(self.started_at)}"
+        return episode_key(self.segment, self.detector, self.direction, self.number)
+
+    def merge(self, newer: Episode) -> Episode:
+        """``newer`` with what it left unchanged taken from this older snapshot."""
+        if newer.mode is None:
+            newer.mode, newer.modes = self.mode, self.modes
+        if newer.evidence is None:
+            newer.evidence = self.evidence
+        elif self.evidence is not None:
+            newer.evidence = {**self.evidence, **newer.evidence}
+        return newer
+
+
+def episode_key(segment: str, detector: str, direction: str, number: int) -> str:
+    return f"{segment}|{detector}|{direction}|{number}"
+
+
+def identity_of(scorer: str, model_version: str) -> str:
+    """The reward model a score came from: the monitor's scorer, or the producer's per model version."""
+    return scorer if scorer and scorer != PRODUCER else f"{PRODUCER}@{model_version}"
 
 
 @dataclass
-class Analysis:
-    calibrations: dict[str, Calibration]
-    fitted: list[str]  # segments whose calibration this run fitted
-    episodes: list[Episode]
-    segments: list[dict]
-    divergence: np.ndarray  # per turn of the frame (NaN where unscored)
-    watermark: float | None
-    labelled: int
+class Advance:
+    """What one call of :func:`advance` changed."""
+
+    episodes: dict[str, Episode] = field(default_factory=dict)  # by key: the latest snapshot
+    fitted: list[str] = field(default_factory=list)  # "segment @ identity" of calibrations fitted
+    entered: int = 0
+    changed: set[str] = field(default_factory=set)  # segments whose state changed
+
+    def touch(self, episode: Episode) -> None:
+        previous = self.episodes.get(episode.key)
+        self.episodes[episode.key] = previous.merge(episode) if previous else episode
+
+    def extend(self, other: Advance) -> None:
+        for episode in other.episodes.values():
+            self.touch(episode)
+        self.fitted += other.fitted
+        self.entered += other.entered
+        self.changed |= other.changed
 
 
-@dataclass
-class _Stream:
-    """A segment's rated turns after its reference, in serving order."""
-
-    index: np.ndarray  # rows of the frame
-    z: np.ndarray
-    residual: np.ndarray
-    reference_index: np.ndarray
+def entry_times(frame: TurnFrame) -> np.ndarray:
+    """Entry time of each entry row: its rating's time, never before the turn itself (NaN if unrated)."""
+    with np.errstate(invalid="ignore"):
+        return np.where(frame.rated, np.fmax(frame.rated_ts, frame.ts), np.nan)
 
 
-def analyze(frame: TurnFrame, calibrations: Mapping[str, Calibration], config: AnalysisConfig,
-            scheme: SegmentScheme) -> Analysis:
-    calibrations = dict(calibrations)
-    fitted: list[str] = []
-    rated = frame.rated
-    streams: dict[str, _Stream] = {}
-    for segment in sorted(set(frame.segment[rated])):
-        rows = np.flatnonzero(rated & (frame.segment == segment))
-        if segment not in calibrations:
-            if len(rows) < config.reference_labels:
+def entry_order(frame: TurnFrame, config: AnalysisConfig) -> np.ndarray:
+    """Entry rows that enter the detectors (rated within the horizon), in entry order."""
+    entry = entry_times(frame)
+    within = frame.rated & (entry - frame.ts <= config.rating_horizon_seconds)
+    rows = np.flatnonzero(within)
+    return rows[np.lexsort((frame.rating_id[rows].astype(str), frame.turn[rows],
+                            frame.conversation_id[rows].astype(str), entry[rows]))]
+
+
+def advance(states: dict[str, SegmentState], entries: TurnFrame, config: AnalysisConfig) -> Advance:
+    """Feed ``entries`` (already in entry order, every row rated and scored) to the segments' states,
+    creating states and tracks as needed; ``states`` is updated in place."""
+    result = Advance()
+    result.entered = len(entries)
+    identities = np.array([identity_of(s, m) for s, m in zip(entries.scorer, entries.model_version, strict=True)],
+                          dtype=object)
+    entry = entry_times(entries)
+    for segment in dict.fromkeys(entries.segment):
+        rows = np.flatnonzero(entries.segment == segment)
+        state = states.setdefault(segment, SegmentState(segment))
+        result.changed.add(segment)
+        state.labelled += len(rows)
+        # Runs of consecutive entries under one identity keep the entry order across tracks.
+        breaks = np.flatnonzero(identities[rows][1:] != identities[rows][:-1]) + 1
+        for run in np.split(rows, breaks):
+            identity = identities[run[0]]
+            track = state.tracks.get(identity)
+            if track is None:
+                track = state.tracks[identity] = Track(identity, first_seen=float(entry[run[0]]))
+                state.changes.append({"identity": identity, "previous": state.current, "at": iso(entry[run[0]])})
+            state.current = identity
+            track.last_seen = float(entry[run[-1]])
+            _feed(state, track, _rows(entries, run, entry), config, result)
+    return result
+
+
+def _rows(frame: TurnFrame, index: np.ndarray, entry: np.ndarray) -> Rows:
+    n = len(index)
+    return Rows(frame.score[index], frame.satisfaction[index], frame.signals[index], entry[index],
+                [[str(frame.event_id[i]), str(frame.conversation_id[i]), int(frame.turn[i])] for i in index],
+                np.full(n, np.nan), np.full(n, np.nan))
+
+
+def _feed(state: SegmentState, track: Track, rows: Rows, config: AnalysisConfig, result: Advance) -> None:
+    if track.calibration is None:
+        needed = config.reference_labels - len(track.reference)
+        track.reference = track.reference.concat(rows.slice(0, needed))
+        rows = rows.slice(needed)
+        if len(track.reference) < config.reference_labels:
+            return
+        _calibrate(state, track, config, result)
+    if not len(rows):
+        return
+    calibration = track.calibration
+    assert calibration is not None
+    promise = calibration.predict(rows.score)
+    rows.residual = rows.satisfaction - promise
+    rows.z = rows.residual / calibration.residual_sd
+    track.moments.add(rows.signals, promise, rows.satisfaction)
+    _detect(state, track, rows, config, result)
+
+
+def _calibrate(state: SegmentState, track: Track, config: AnalysisConfig, result: Advance) -> None:
+    reference = track.reference
+    calibration = fit_calibration(reference.score, reference.satisfaction, reference.signals, reference.ts,
+                                  shift_sd=config.shift_sd, false_alarm_labels=config.false_alarm_labels,
+                                  seed=config.seed)
+    track.calibration = calibration
+    promise = calibration.predict(reference.score)
+    reference.residual = reference.satisfaction - promise
+    reference.z = reference.residual / calibration.residual_sd
+    track.moments.add(reference.signals, promise, reference.satisfaction)
+    result.fitted.append(f"{state.segment} @ {track.identity}")
+    # Episodes of the reward model this one replaces end here: their stream has stopped.
+    for other in state.tracks.values():
+        if other is track:
+            continue
+        for name, episode in list(other.open.items()):
+            result.touch(Episode(state.segment, episode.detector, episode.direction, _number(episode.key),
+                                 episode.started_at, calibration.reference_to, episode.detections, other.identity,
+                                 evidence={"superseded_by": track.identity}))
+            del other.open[name]
+
+
+def _detect(state: SegmentState, track: Track, rows: Rows, config: AnalysisConfig, result: Advance) -> None:
+    calibration = track.calibration
+    assert calibration is not None
+    window = config.rank_window
+    resolve = config.resolve_labels
+    history = track.ring.concat(rows)
+    base = len(track.ring)
+    running = np.concatenate([[0.0], np.cumsum(history.z)])
+    k, h = calibration.cusum_k, calibration.cusum_h
+    upper, lower, n = track.upper, track.lower, track.cusum_n
+    # Episodes detected in this call, explained once (at their latest detection) when they close or
+    # when the call ends: the same window, so the same attribution, however the entries were batched.
+    pending: dict[str, tuple[OpenEpisode, int, dict]] = {}
+
+    def explain(episode: OpenEpisode) -> None:
+        if episode.key in pending:
+            _, j, extra = pending.pop(episode.key)
+            result.touch(_snapshot(state, track, episode, history, j, config, extra))
+
+    def close(episode: OpenEpisode, ts: float, extra: dict | None = None) -> None:
+        del track.open[f"{episode.detector}|{episode.direction}"]
+        explain(episode)
+        result.touch(Episode(state.segment, episode.detector, episode.direction, _number(episode.key),
+                             episode.started_at, ts, episode.detections, track.identity, evidence=extra))
+
+    for j, z in enumerate(history.z[base:].tolist(), start=base):
+        position = track.position
+        ts = float(history.ts[j])
+        # The same expressions, in the same order, as Cusum.update: identical floats.
+        upper = upper + z - k
+        lower = lower - z - k
+        if upper < 0.0:
+            upper = 0.0
+        if lower < 0.0:
+            lower = 0.0
+        n += 1
+        direction = "up" if upper > h else "down" if lower > h else None
+        if direction is not None:
+            upper = lower = 0.0
+            n = 0
+            episode = _open(state, track, "cusum", direction, ts, position)
+            pending[episode.key] = (episode, j, {})
+        for episode in list(track.open.values()):
+            if episode.detector != "cusum" or position - episode.last_position < resolve:
                 continue
-            reference = rows[: config.reference_labels]
-            calibrations[segment] = fit_calibration(
-                frame.score[reference], frame.satisfaction[reference], frame.signals[reference], frame.ts[reference],
-                shift_sd=config.shift_sd, false_alarm_labels=config.false_alarm_labels, seed=config.seed)
-            fitted.append(segment)
-        calibration = calibrations[segment]
-        in_reference = (frame.ts[rows] >= calibration.reference_from) & (frame.ts[rows] <= calibration.reference_to)
-        after = rows[frame.ts[rows] > calibration.reference_to]
-        residual = frame.satisfaction[after] - calibration.predict(frame.score[after])
-        streams[segment] = _Stream(after, residual / calibration.residual_sd, residual, rows[in_reference])
-
-    divergence = divergence_scores(frame)
-    episodes: list[Episode] = []
-    for segment, stream in streams.items():
-        episodes += _cusum_episodes(segment, stream, frame, calibrations[segment], config)
-    episodes += _rank_episodes(streams, frame, calibrations, config)
-    for episode in episodes:
-        _explain(episode, streams[episode.segment], frame, calibrations[episode.segment], divergence, config)
-
-    watermark = float(frame.ts.max()) if len(frame) else None
-    segments = [_segment_stats(key, frame, calibrations.get(key), streams.get(key), episodes, watermark, config)
-                for key in _reported_segments(scheme, frame)]
-    episodes.sort(key=lambda e: (e.started_at, e.segment, e.detector, e.direction))
-    return Analysis(calibrations, fitted, episodes, segments, divergence, watermark, int(rated.sum()))
+            trailing = (running[j + 1] - running[j + 1 - resolve]) / resolve
+            if (trailing if episode.direction == "up" else -trailing) < k / 2:
+                close(episode, ts)
+        if (position + 1) % window == 0:
+            level = config.rank_fdr / max(1, config.rank_family)
+            drop = spearman_drop(track.reference.score, track.reference.satisfaction,
+                                 history.score[j + 1 - window:j + 1], history.satisfaction[j + 1 - window:j + 1])
+            stats = {"rank": {"rho_reference": _num(drop.reference), "rho_window": _num(drop.window),
+                              "z": _num(drop.z), "p_value": _num(drop.p_value), "labels": window, "level": level}}
+            current = track.open.get("rank_drop|down")
+            if drop.p_value <= level:
+                episode = _open(state, track, "rank_drop", "down", ts, position)
+                pending[episode.key] = (episode, j, stats)
+            elif current is not None:
+                close(current, ts, stats)
+        track.position += 1
+    track.upper, track.lower, track.cusum_n = upper, lower, n
+    for episode, _, _ in list(pending.values()):
+        explain(episode)
+    track.ring = history.slice(max(0, len(history) - config.ring_size))
 
 
-def _cusum_episodes(segment: str, stream: _Stream, frame: TurnFrame, calibration: Calibration,
-                    config: AnalysisConfig) -> list[Episode]:
-    """Detections in one direction extend the open episode; it resolves once a full window of
-    ``resolve_labels`` rated turns after its latest detection shows less than a quarter of the
-    design shift (mean z within ``k / 2``): the shift is gone, not merely slow to re-detect. A
-    shift near ``k`` re-detects slowly (``h / (shift - k)`` turns), so quiet time alone would
-    resolve an episode that is still going on."""
-    detector = Cusum(k=calibration.cusum_k, h=calibration.cusum_h)
-    open_: dict[str, Episode] = {}
-    episodes: list[Episode] = []
-    ts = frame.ts[stream.index]
-    window = config.resolve_labels
-    running = np.concatenate([[0.0], np.cumsum(stream.z)])
-    for i, value in enumerate(stream.z):
-        detector.update(float(value))
-        if detector.drift_detected:
-            direction = detector.direction or "down"
-            current = open_.get(direction)
-            if current is not None:
-                current.detections += 1
-                current.last_index = i
-            else:
-                open_[direction] = Episode(segment, "cusum", direction, float(ts[i]), None, 1, i)
-                episodes.append(open_[direction])
-        for direction, current in list(open_.items()):
-            if i - current.last_index < window:
-                continue
-            trailing = (running[i + 1] - running[i + 1 - window]) / window
-            if (trailing if direction == "up" else -trailing) < calibration.cusum_k / 2:
-                current.resolved_at = float(ts[i])
-                del open_[direction]
-    for episode in episodes:
-        episode.evidence["cusum"] = {"k": calibration.cusum_k, "h": calibration.cusum_h}
-    return episodes
+def _open(state: SegmentState, track: Track, detector: str, direction: str, ts: float, position: int) -> OpenEpisode:
+    name = f"{detector}|{direction}"
+    episode = track.open.get(name)
+    if episode is None:
+        number = state.episodes.get(name, 0) + 1
+        state.episodes[name] = number
+        episode = track.open[name] = OpenEpisode(episode_key(state.segment, detector, direction, number), detector,
+                                                 direction, ts, 0, position)
+    episode.detections += 1
+    episode.last_position = position
+    return episode
 
 
-def _rank_episodes(streams: Mapping[str, _Stream], frame: TurnFrame, calibrations: Mapping[str, Calibration],
-                   config: AnalysisConfig) -> list[Episode]:
-    tests: list[tuple[str, int, float, float, dict]] = []  # segment, window end position, end ts, p, stats
-    for segment, stream in streams.items():
-        reference = stream.reference_index
-        for end in range(config.rank_window, len(stream.index) + 1, config.rank_window):
-            window = stream.index[end - config.rank_window:end]
-            drop = spearman_drop(frame.score[reference], frame.satisfaction[reference],
-                                 frame.score[window], frame.satisfaction[window])
-            stats = {"rho_reference": _num(drop.reference), "rho_window": _num(drop.window), "z": _num(drop.z),
-                     "p_value": _num(drop.p_value), "labels": config.rank_window}
-            tests.append((segment, end - 1, float(frame.ts[window[-1]]), drop.p_value, stats))
-    families: dict[int, list[int]] = defaultdict(list)
-    for position, test in enumerate(tests):
-        families[math.floor(test[2] / config.window_seconds)].append(position)
-    rejected = [False] * len(tests)
-    for members in families.values():
-        for position, reject in zip(members, benjamini_hochberg([tests[p][3] for p in members], config.rank_fdr),
-                                    strict=True):
-            rejected[position] = reject
-    episodes: list[Episode] = []
-    current: dict[str, Episode | None] = {}
-    for (segment, end, end_ts, _p, stats), reject in zip(tests, rejected, strict=True):
-        episode = current.get(segment)
-        if reject:
-            if episode is None:
-                episode = Episode(segment, "rank_drop", "down", end_ts, None, 0, end)
-                episodes.append(episode)
-                current[segment] = episode
-            episode.detections += 1
-            episode.last_index = end
-            episode.evidence["rank"] = stats
-        elif episode is not None:
-            episode.resolved_at = end_ts
-            current[segment] = None
-    return episodes
+def _number(key: str) -> int:
+    return int(key.rsplit("|", 1)[1])
 
 
-def _explain(episode: Episode, stream: _Stream, frame: TurnFrame, calibration: Calibration,
-             divergence: np.ndarray, config: AnalysisConfig) -> None:
-    """Attribute the episode over the rated turns up to its latest detection; attach examples."""
-    last = episode.last_index
-    window = stream.index[max(0, last + 1 - config.rank_window): last + 1]
-    residual = stream.residual[max(0, last + 1 - config.rank_window): last + 1]
-    reference = stream.reference_index
-    reference_residual = frame.satisfaction[reference] - calibration.predict(frame.score[reference])
-    attribution = attribute(frame.signals[reference], reference_residual, frame.signals[window], residual,
+def _snapshot(state: SegmentState, track: Track, episode: OpenEpisode, history: Rows, j: int,
+              config: AnalysisConfig, extra: dict | None = None) -> Episode:
+    """The episode explained over the ``rank_window`` entries up to history row ``j``."""
+    calibration = track.calibration
+    assert calibration is not None
+    window = history.slice(max(0, j + 1 - config.rank_window), j + 1)
+    reference = track.reference
+    attribution = attribute(reference.signals, reference.residual, window.signals, window.residual,
                             names=SIGNAL_NAMES)
-    episode.mode, episode.modes = attribution.mode, attribution.modes
-    predicted = calibration.predict(frame.score[window])
-    top = window[np.argsort(-np.nan_to_num(divergence[window], nan=-np.inf), kind="stable")[: config.top_examples]]
-    episode.evidence.update({
+    divergence = track_divergence(track, window.signals)
+    top = np.argsort(-np.nan_to_num(divergence, nan=-np.inf), kind="stable")[: config.top_examples]
+    predicted = calibration.predict(window.score)
+    evidence = {
+        "identity": track.identity,
+        "cusum": {"k": calibration.cusum_k, "h": calibration.cusum_h},
         "window": {
-            "labels": len(window), "from": iso(frame.ts[window[0]]), "to": iso(frame.ts[window[-1]]),
-            "mean_residual": float(residual.mean()),
-            "z": float(residual.mean() / calibration.residual_sd * math.sqrt(len(window))),
-            "reward_mean": float(frame.score[window].mean()),
-            "satisfaction_mean": float(frame.satisfaction[window].mean()),
+            "labels": len(window), "from": iso(window.ts[0]), "to": iso(window.ts[-1]),
+            "mean_residual": float(window.residual.mean()),
+            "z": float(window.residual.mean() / calibration.residual_sd * math.sqrt(len(window))),
+            "reward_mean": float(window.score.mean()),
+            "satisfaction_mean": float(window.satisfaction.mean()),
             "predicted_satisfaction_mean": float(predicted.mean()),
-            "signal_means": dict(zip(SIGNAL_NAMES, map(float, frame.signals[window].mean(axis=0)), strict=True)),
+            "signal_means": dict(zip(SIGNAL_NAMES, map(float, window.signals.mean(axis=0)), strict=True)),
         },
         "reference": {"labels": calibration.labels, "from": iso(calibration.reference_from),
                       "to": iso(calibration.reference_to), "reward_mean": calibration.reward_mean,
-                      "satisfaction_mean": calibration.satisfaction_mean,
-                      "signal_means": dict(zip(SIGNAL_NAMES, calibration.signal_means, strict=True))},
+                      "satisfaction_mean": calibration.satisfaction_mean, "auc": _num(calibration.auc),
+                      "spearman": _num(calibration.spearman)},
         "attribution": attribution.as_dict(),
-        "detections": episode.detections,
-        "top_examples": [{"event_id": frame.event_id[i], "conversation_id": frame.conversation_id[i],
-                          "turn": int(frame.turn[i]), "score": float(frame.score[i]),
-                          "satisfaction": float(frame.satisfaction[i]), "divergence": _num(divergence[i])}
+        "top_examples": [{"event_id": window.ids[i][0], "conversation_id": window.ids[i][1],
+                          "turn": int(window.ids[i][2]), "score": float(window.score[i]),
+                          "satisfaction": float(window.satisfaction[i]), "divergence": _num(divergence[i])}
                          for i in top],
-    })
-
-
-def _reported_segments(scheme: SegmentScheme, frame: TurnFrame) -> list[str]:
-    return list(dict.fromkeys([*scheme.all_keys(), *sorted(set(frame.segment))]))
-
-
-def _segment_stats(segment: str, frame: TurnFrame, calibration: Calibration | None, stream: _Stream | None,
-                   episodes: list[Episode], watermark: float | None, config: AnalysisConfig) -> dict:
-    mine = frame.segment == segment
-    in_window = mine & (frame.ts > (watermark or 0.0) - config.window_seconds)
-    scored = in_window & ~np.isnan(frame.score)
-    rated = in_window & frame.rated
-    labelled_total = int((mine & frame.rated).sum())
-    firing = [e for e in episodes if e.segment == segment and e.state == "firing"]
-    stats: dict = {
-        "segment": segment,
-        "status": ("warming_up" if calibration is None else "diverging" if firing else "ok"),
-        "window": {"from": iso(watermark - config.window_seconds) if watermark else None,
-                   "to": iso(watermark) if watermark else None},
-        "turns": int(in_window.sum()), "rated": int(rated.sum()), "labelled_total": labelled_total,
-        "reference_labels_needed": max(0, config.reference_labels - labelled_total) if calibration is None else 0,
-        "reward_mean": _mean(frame.score[scored]),
-        "realised_satisfaction": _mean(frame.satisfaction[rated]),
-        "estimated_satisfaction": None, "gap": None, "gap_ci95": None,
-        "auc": _num(auc(frame.score[rated], frame.satisfaction[rated] >= 0.5)) if rated.sum() >= 10 else None,
-        "spearman": _num(spearman(frame.score[rated], frame.satisfaction[rated])) if rated.sum() >= 10 else None,
-        "reference": None,
-        "signals": dict(zip(SIGNAL_NAMES, (_mean(frame.signals[in_window, j]) for j in range(len(SIGNAL_NAMES))),
-                            strict=True)),
-        "safety": _safety(frame, in_window),
-        "firing_alerts": len(firing),
-        "modes": sorted({m for e in firing for m in e.modes}),
+        **(extra or {}),
     }
-    if calibration is not None:
-        residual = frame.satisfaction[rated] - calibration.predict(frame.score[rated])
-        # CBPE: the calibrated RM's expected satisfaction over every scored turn, rated or not.
-        stats["estimated_satisfaction"] = _mean(calibration.predict(frame.score[scored]))
-        if len(residual):
-            half = 1.96 * float(np.std(residual, ddof=1) if len(residual) > 1 else calibration.residual_sd)
-            half /= math.sqrt(len(residual))
-            gap = float(residual.mean())
-            stats["gap"], stats["gap_ci95"] = gap, [gap - half, gap + half]
-        stats["reference"] = {"labels": calibration.labels, "from": iso(calibration.reference_from),
-                              "to": iso(calibration.reference_to), "auc": _num(calibration.auc),
-                              "spearman": _num(calibration.spearman),
-                              "satisfaction_mean": calibration.satisfaction_mean,
-                              "reward_mean": calibration.reward_mean,
-                              "cusum_h": calibration.cusum_h}
-    if stream is not None:
-        stats["stream_labels"] = len(stream.index)
-    return stats
+    return Episode(state.segment, episode.detector, episode.direction, _number(episode.key), episode.started_at,
+                   None, episode.detections, track.identity, attribution.mode, attribution.modes, evidence)
 
 
-def _safety(frame: TurnFrame, rows: np.ndarray) -> dict:
-    """Over-refusal (refusals of safe prompts) and harmful compliance (harmful prompts answered)."""
-    refused = frame.signals[:, _REFUSAL] > 0.5
-    safe, harmful = rows & ~frame.harmful, rows & frame.harmful
-    return {"safe_prompts": int(safe.sum()), "harmful_prompts": int(harmful.sum()),
-            "over_refusal_rate": _mean(refused[safe].astype(float)),
-            "harmful_compliance_rate": _mean((~refused[harmful]).astype(float))}
+def refit(state: SegmentState, recent: TurnFrame, config: AnalysisConfig) -> Advance:
+    """Start the current reward model's track of ``state`` again, its reference gathered from the
+    latest of ``recent`` (rated turns of this segment, in entry order): after a relabeling cycle, or
+    when an operator decides the old reference no longer stands. Open episodes of the old track end."""
+    result = Advance()
+    identity = state.current
+    if identity is None:
+        return result
+    old = state.tracks.get(identity)
+    mine = np.array([identity_of(s, m) == identity for s, m in zip(recent.scorer, recent.model_version, strict=True)],
+                    dtype=bool)
+    rows = np.flatnonzero(mine)[-config.reference_labels:]
+    entry = entry_times(recent)
+    ended = float(entry[rows[-1]]) if len(rows) else (old.last_seen if old else 0.0)
+    if old is not None:
+        for episode in old.open.values():
+            result.touch(Episode(state.segment, episode.detector, episode.direction, _number(episode.key),
+                                 episode.started_at, ended, episode.detections, identity, evidence={"refit": True}))
+    track = state.tracks[identity] = Track(identity, first_seen=float(entry[rows[0]]) if len(rows) else ended,
+                                           last_seen=ended)
+    state.changes.append({"identity": identity, "previous": identity, "at": iso(ended), "refit": True})
+    result.changed.add(state.segment)
+    if len(rows):
+        _feed(state, track, _rows(recent, rows, entry), config, result)
+    return result
 
 
-def _mean(values: np.ndarray) -> float | None:
-    values = values[~np.isnan(values)] if len(values) else values
-    return float(values.mean()) if len(values) else None
+# --- per-sample divergence -------------------------------------------------------------------------
 
 
-def _num(value: float) -> float | None:
+def over_reward(moments: Moments) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """``(over_reward, mean, sd)``: per standardised signal, the RM's slope (its calibrated promise
+    regressed on the signals) minus the users' slope (satisfaction on the signals); ridge
+    regressions from the moments alone. None below :data:`MIN_MOMENTS` rows."""
+    if moments.n < MIN_MOMENTS:
+        return None
+    n = moments.n
+    mean = moments.x / n
+    centred = moments.xx - n * np.outer(mean, mean)
+    sd = np.sqrt(np.clip(np.diag(centred) / n, 0.0, None))
+    sd = np.where(sd > 1e-9, sd, 1.0)
+    scaled = centred / np.outer(sd, sd) + _RIDGE * np.eye(N_SIGNALS)
+    targets = (moments.xy - np.outer(mean, moments.y)) / sd[:, None]
+    slopes = np.linalg.solve(scaled, targets)
+    return slopes[:, 0] - slopes[:, 1], mean, sd
+
+
+def divergence_from(fit: tuple[np.ndarray, np.ndarray, np.ndarray] | None, signals: np.ndarray) -> np.ndarray:
+    """A response's over-rewarded parts, ``sum_j max(0, over_reward_j * z_j)``: no rating needed."""
+    if fit is None:
+        return np.full(len(signals), np.nan)
+    over, mean, sd = fit
+    return np.maximum((signals - mean) / sd * over, 0.0).sum(axis=1)
+
+
+def track_divergence(track: Track, signals: np.ndarray) -> np.ndarray:
+    return divergence_from(over_reward(track.moments) if track.moments.n >= TRACK_MOMENTS else None, signals)
+
+
+def divergence_scores(states: Mapping[str, SegmentState], frame: TurnFrame) -> np.ndarray:
+    """Per-sample divergence of each row of ``frame`` (NaN where the row has no score, or its
+    segment's reward model has no calibration yet). Segment-aware: a track's own moments plus
+    every track's pooled moments weighted as :data:`PRIOR_ROWS` rows."""
+    out = np.full(len(frame), np.nan)
+    pooled = Moments()
+    for state in states.values():
+        for track in state.tracks.values():
+            if track.calibration is not None:
+                pooled = pooled.merged(track.moments)
+    prior = pooled.scaled(PRIOR_ROWS / pooled.n) if pooled.n > PRIOR_ROWS else pooled
+    scored = ~np.isnan(frame.score)
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i in np.flatnonzero(scored).tolist():
+        groups.setdefault((frame.segment[i], identity_of(frame.scorer[i], frame.model_version[i])), []).append(i)
+    for (segment, identity), rows in groups.items():
+        owner = states.get(segment)
+        scored_by = owner.tracks.get(identity) if owner is not None else None
+        if scored_by is None or scored_by.calibration is None:
+            continue
+        index = np.array(rows)
+        out[index] = divergence_from(over_reward(scored_by.moments.merged(prior)), frame.signals[index])
+    return out
+
+
+# --- replaying a frame as the schedule would see it ------------------------------------------------
+
+
+@dataclass
+class Replay:
+    states: dict[str, SegmentState]
+    episodes: dict[str, Episode]
+    divergence: np.ndarray  # per row of the frame, as the run after its arrival scored it
+    fitted: list[str]
+    runs: int
+
+
+def replay(frame: TurnFrame, config: AnalysisConfig, *, entries: TurnFrame | None = None,
+           step_seconds: float | None = 60.0, on_run: Callable[[float, Advance], None] | None = None) -> Replay:
+    """Run the engine over the turns of ``frame`` and their rating ``entries`` (default: ``frame``
+    itself, one rating per rated turn at ``rated_ts``) as a schedule every ``step_seconds`` of event
+    time would, each run seeing the turns and ratings up to its tick; ``None``: one from-scratch
+    run at the end. The benchmark and the tests use it; the service does the same against the store.
+    """
+    entries = frame if entries is None else entries
+    order = entry_order(entries, config)
+    entry = entry_times(entries)[order]
+    states: dict[str, SegmentState] = {}
+    total = Advance()
+    divergence = np.full(len(frame), np.nan)
+    if not len(frame):
+        return Replay(states, {}, divergence, [], 0)
+    end = float(np.nanmax(np.concatenate([frame.ts, entry]))) + config.settle_seconds
+    checkpoint = -math.inf
+    seen = -math.inf
+    runs = 0
+    for tick in _ticks(float(frame.ts.min()), end, step_seconds):
+        settled = tick - config.settle_seconds
+        start, stop = np.searchsorted(entry, checkpoint, side="right"), np.searchsorted(entry, settled, side="right")
+        step = advance(states, entries.take(order[start:stop]), config)
+        checkpoint = settled
+        arrived = np.flatnonzero((frame.ts > seen) & (frame.ts <= tick))
+        divergence[arrived] = divergence_scores(states, frame.take(arrived))
+        seen = tick
+        total.extend(step)
+        runs += 1
+        if on_run:
+            on_run(tick, step)
+    return Replay(states, total.episodes, divergence, total.fitted, runs)
+
+
+def _ticks(start: float, end: float, step: float | None) -> Iterator[float]:
+    if step is None:
+        yield end
+        return
+    tick = start + step
+    while tick < end:
+        yield tick
+        tick += step
+    yield end
+
+
+def _num(value: float | None) -> float | None:
     return float(value) if value is not None and math.isfinite(value) else None
 
 

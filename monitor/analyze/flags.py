@@ -22,15 +22,18 @@ _WINDOW_FIELDS = ("labels", "from", "to", "mean_residual", "z", "reward_mean", "
                   "predicted_satisfaction_mean")
 
 
-def flag_event(alert: Alert) -> FlagEvent:
+def flag_event(alert: Alert, state: str | None = None) -> FlagEvent:
+    """The ``flag/v1`` event of ``alert`` in ``state`` (default: its current state)."""
+    state = state or alert.state
     window = alert.evidence.get("window", {})
     return FlagEvent.model_validate({
         "schema": FLAG_SCHEMA,
-        "flag_id": uuid.uuid5(_FLAG_NAMESPACE, f"{alert.key}|{alert.state}"),
+        "flag_id": uuid.uuid5(_FLAG_NAMESPACE, f"{alert.key}|{state}"),
         "alert_key": alert.key, "segment": alert.segment, "detector": alert.detector,
         "direction": alert.direction, "mode": alert.mode,
         "modes": list(alert.evidence.get("attribution", {}).get("modes", [])),
-        "state": alert.state, "started_at": alert.started_at, "resolved_at": alert.resolved_at,
+        "state": state, "started_at": alert.started_at,
+        "resolved_at": alert.resolved_at if state == "resolved" else None,
         "emitted_at": utcnow(),
         "window": {name: window.get(name) for name in _WINDOW_FIELDS},
         "top_event_ids": [example["event_id"] for example in alert.evidence.get("top_examples", [])],
@@ -47,9 +50,15 @@ class FlagPublisher:
             raise BrokerUnavailable(f"cannot reach Kafka for the flags topic: {exc}") from exc
 
     def publish(self, alerts: Sequence[Alert]) -> None:
-        """Send one event per alert and wait for every acknowledgement; raise :class:`BrokerUnavailable`."""
-        send_acknowledged(self._producer, self.topic,
-                          ((alert.segment.encode(), to_wire(flag_event(alert))) for alert in alerts))
+        """Send each alert's state change and wait for every acknowledgement; raise :class:`BrokerUnavailable`.
+
+        An alert never published that is already resolved (opened and closed between two runs)
+        gets its ``firing`` event first: consumers see every episode open before it closes."""
+        send_acknowledged(self._producer, self.topic, (
+            (alert.segment.encode(), to_wire(flag_event(alert, state)))
+            for alert in alerts
+            for state in (("firing", "resolved") if alert.published_state is None and alert.state == "resolved"
+                          else (alert.state,))))
 
     def close(self) -> None:
         self._producer.close(timeout=5)

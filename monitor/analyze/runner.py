@@ -1,44 +1,73 @@
-"""`Analyzer`: one analysis run against the store, and the schedule that repeats it inside `serve`.
+"""`Analyzer`: one incremental analysis run against the store, and the schedule that repeats it.
 
-A run reads every turn's analysis columns, fits the calibrations of segments that have just
-gathered their reference, detects and explains divergence episodes, builds the drift report,
-and writes calibrations, alerts and the run's segment table in one transaction (under an
-advisory lock on PostgreSQL, so only one analyzer works at a time). Alert state changes are then
-published to the flags topic; an alert is marked published only once Kafka acknowledged it.
+A run, under the analyzer lock (a PostgreSQL advisory lock on a connection of its own):
+
+1. **Derive** the signals of new turns, a chunk per transaction (:mod:`monitor.analyze.derive`).
+2. **Read** one consistent snapshot in one short read-only transaction: the segments' states, the
+   checkpoint, the watermarks, the rated turns that entered since the checkpoint, and the turns of
+   the current window. Every read is bounded by new data or by the window, never by history.
+3. **Compute** outside any transaction: feed the entries to the engine, score per-sample
+   divergence of the window's new turns, the segment table, the drift report when due.
+4. **Write** in one short transaction: changed states, the new checkpoint, alerts, divergence,
+   the run row.
+5. **Publish** alert changes to the flags topic; an alert is marked published once Kafka acked it.
+
+Watermarks: the event time of the 10th latest turn (and rating), never ahead of the wall clock
+plus the ingest tolerance, so no single event can move it. Entries settle ``settle_seconds``
+behind the slower of the two topics' watermarks, so a rating still in flight on a lagging topic
+is not skipped.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
-from collections import Counter
-from collections.abc import Callable
+from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
+import numpy as np
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from monitor.analyze.calibration import Calibration
-from monitor.analyze.drift_window import DriftInputs, build_drift_report
-from monitor.analyze.engine import Analysis, AnalysisConfig, Episode, analyze
+from monitor.analyze.derive import fill_signals
+from monitor.analyze.drift import DriftReport
+from monitor.analyze.drift_window import DriftInputs, build_drift_report, reference_event_ids
+from monitor.analyze.engine import Advance, AnalysisConfig, Episode, advance, divergence_scores, entry_order, refit
 from monitor.analyze.flags import FlagPublisher
 from monitor.analyze.frame import TurnFrame
 from monitor.analyze.segments import SegmentScheme
+from monitor.analyze.state import SegmentState
+from monitor.analyze.window_stats import reported_segments, segment_stats
 from monitor.config import Settings
 from monitor.errors import BrokerUnavailable, StoreUnavailable
 from monitor.metrics import Metrics
 from monitor.store.analysis import (
     alerts_by_key,
-    calibration_params,
-    fill_signals,
+    analyzer_lock,
+    bound_waits,
+    checkpoint,
+    delete_states,
+    earliest_unready_entry,
+    entry_rows,
+    firing_alerts,
     from_seconds,
     latest_run,
+    load_states,
+    prompts_by_event_id,
     prune_runs,
-    save_calibration,
-    try_analyzer_lock,
-    turn_rows,
+    recent_entry_rows,
+    rows_by_event_id,
+    save_checkpoint,
+    save_states,
+    snapshot_isolation,
+    store_divergence,
     unpublished_alerts,
+    watermarks,
+    window_rows,
 )
 from monitor.store.models import Alert, AnalysisRun, utcnow
 
@@ -48,15 +77,20 @@ log = logging.getLogger(__name__)
 #: many of them keep their drift report's HTML (a few MB each).
 RUNS_KEPT = 100
 REPORTS_KEPT = 3
+#: PostgreSQL waits of the analyzer's transactions: it gives up rather than queue behind ingest.
+LOCK_TIMEOUT_MS = 5_000
+STATEMENT_TIMEOUT_MS = 120_000
 
 
 @dataclass
 class RunSummary:
     """What one run did, for the CLI and the logs."""
 
-    turns: int = 0
-    labelled: int = 0
+    turns: int = 0  # turns of the current window
+    entered: int = 0  # rated turns fed to the detectors by this run
+    labelled: int = 0  # rated turns fed to the detectors so far (all runs)
     derived: int = 0  # turns whose signals this run derived
+    scored: int = 0  # turns whose per-sample divergence this run set
     fitted: list[str] = field(default_factory=list)
     opened: int = 0
     resolved: int = 0
@@ -67,13 +101,18 @@ class RunSummary:
     locked: bool = False
     seconds: float = 0.0
     drift_built: bool = False
+    checkpoint: datetime | None = None
+    # Seconds per phase of the run: derive, read, compute, write (and publish when it ran).
+    phases: dict[str, float] = field(default_factory=dict)
 
     def report(self) -> str:
-        lines = [f"analysed {self.turns} turns ({self.labelled} rated; signals derived for {self.derived}) "
-                 f"in {self.seconds:.1f} s",
+        lines = [f"entered {self.entered} rated turns ({self.labelled} so far); window of {self.turns} turns; "
+                 f"signals derived for {self.derived}, divergence for {self.scored}; {self.seconds:.1f} s",
+                 f"checkpoint: {self.checkpoint.isoformat() if self.checkpoint else 'none yet'}",
                  f"calibrations fitted: {', '.join(self.fitted) or 'none'}",
                  f"alerts: {self.opened} opened, {self.resolved} resolved, {self.firing} firing",
-                 f"flags published: {self.published}" + (f" (failed: {self.publish_error})" if self.publish_error else "")]
+                 f"flags published: {self.published}"
+                 + (f" (failed: {self.publish_error})" if self.publish_error else "")]
         if self.drift is None:
             lines.append("drift report: not enough data yet" if self.drift_built else "drift report: not due yet")
         else:
@@ -84,15 +123,29 @@ class RunSummary:
         return "\n".join(lines)
 
 
+@dataclass
+class _Snapshot:
+    states: dict[str, SegmentState]
+    checkpoint: float | None
+    until: float | None  # the new checkpoint
+    watermark: float | None
+    entries: TurnFrame
+    window: TurnFrame
+    window_divergence: np.ndarray  # stored values (NaN: not set yet)
+    firing: dict[str, tuple[str, list[str]]]  # key -> (segment, modes) of alerts firing before the run
+    drift_due: bool
+
+
 class Analyzer:
     def __init__(self, settings: Settings, sessions: sessionmaker[Session], *, metrics: Metrics | None = None,
                  publisher_factory: Callable[[], FlagPublisher] | None = None,
-                 drift: DriftInputs | None = None) -> None:
+                 drift: DriftInputs | None = None, clock: Callable[[], datetime] = utcnow) -> None:
         self.settings = settings
         self.sessions = sessions
         self.metrics = metrics
-        self.config = AnalysisConfig.from_settings(settings)
         self.scheme = SegmentScheme.from_settings(settings)
+        self.config = AnalysisConfig.from_settings(settings, self.scheme)
+        self.clock = clock
         self._publisher_factory = publisher_factory or (
             lambda: FlagPublisher(settings.bootstrap_servers, settings.flags_topic))
         self._drift = drift if drift is not None else DriftInputs(rows=settings.analyze_drift_rows)
@@ -103,17 +156,19 @@ class Analyzer:
         started = time.monotonic()
         summary = RunSummary()
         try:
-            with self.sessions() as session, session.begin():
-                if not try_analyzer_lock(session):
+            with analyzer_lock(self._engine()) as locked:
+                if not locked:
                     summary.locked = True
                     self._count("locked")
                     return summary
-                self._analyze(session, summary, drift)
+                self._run(summary, drift)
         except SQLAlchemyError as exc:
             self._count("error")
             raise StoreUnavailable(f"analysis could not read or write the store: {exc}") from exc
         if publish:
+            publishing = time.monotonic()
             self._publish(summary)
+            summary.phases["publish"] = time.monotonic() - publishing
         summary.seconds = time.monotonic() - started
         self._count("ok")
         if self.metrics:
@@ -121,43 +176,181 @@ class Analyzer:
             self.metrics.analyze_last_success.set(time.time())
         return summary
 
-    def _analyze(self, session: Session, summary: RunSummary, drift: bool | None) -> None:
-        summary.derived = fill_signals(session, required_language=self.settings.required_language,
+    def refit(self, segments: Sequence[str] | None = None) -> list[str]:
+        """Fit the current reward model's calibration of ``segments`` (all: None) again on their most
+        recent labels (after a relabeling cycle, say); their open episodes end. Returns the segments
+        refitted now (a segment with too few recent labels gathers the rest from new traffic)."""
+        with analyzer_lock(self._engine()) as locked:
+            if not locked:
+                raise StoreUnavailable("another analyzer is running; refit not done")
+            with self.sessions.begin() as session:
+                self._bound(session)
+                states = {name: SegmentState.from_json(value) for name, value in load_states(session).items()}
+                until = checkpoint(session)
+                wanted = [s for s in (segments if segments is not None else states) if s in states]
+                budget = self.config.reference_labels * max(1, len(wanted)) * 4
+                recent = TurnFrame.from_rows(recent_entry_rows(session, until, budget), self.scheme) \
+                    if until is not None else TurnFrame.from_rows([], self.scheme)
+                recent = recent.take(entry_order(recent, self.config))
+                result = Advance()
+                for segment in wanted:
+                    result.extend(refit(states[segment], recent.take(np.flatnonzero(recent.segment == segment)),
+                                        self.config))
+                save_states(session, {segment: states[segment].to_json() for segment in wanted})
+                self._sync_alerts(session, result.episodes)
+        return wanted
+
+    def recompute(self) -> int:
+        """Forget every segment's state and the checkpoint; the next run recomputes from every stored
+        turn. Alerts keep their keys: the recompute updates them, it does not duplicate them."""
+        with analyzer_lock(self._engine()) as locked:
+            if not locked:
+                raise StoreUnavailable("another analyzer is running; nothing forgotten")
+            with self.sessions.begin() as session:
+                return delete_states(session)
+
+    # --- the run ---------------------------------------------------------------------------------
+
+    def _run(self, summary: RunSummary, drift: bool | None) -> None:
+        lap = time.monotonic()
+        summary.derived = fill_signals(self.sessions, required_language=self.settings.required_language,
+                                       prepare=self._bound,
                                        progress=lambda n: log.info("deriving signals", extra={"turns": n}))
-        frame = TurnFrame.from_rows(turn_rows(session), self.scheme)
-        calibrations = {segment: Calibration.from_params(params)
-                        for segment, params in calibration_params(session).items()}
-        analysis = analyze(frame, calibrations, self.config, self.scheme)
-        for segment in analysis.fitted:
-            calibration = analysis.calibrations[segment]
-            scorers = sorted(set(frame.scorer[(frame.segment == segment) & (frame.ts <= calibration.reference_to)]))
-            save_calibration(session, segment, calibration.to_params(), labels=calibration.labels,
-                             scorer=",".join(scorers)[:256] or None,
-                             reference_from=from_seconds(calibration.reference_from),
-                             reference_to=from_seconds(calibration.reference_to))
-        opened, resolved, firing = _sync_alerts(session, analysis.episodes)
-        if drift is None:
-            last = latest_run(session, with_report=True)
-            drift = last is None or (utcnow() - last.finished_at).total_seconds() >= \
-                self.settings.analyze_drift_interval_seconds
-        report = build_drift_report(session, frame, analysis, self.config, self._drift) if drift else None
-        session.add(AnalysisRun(
-            finished_at=utcnow(), watermark=from_seconds(analysis.watermark), labelled=analysis.labelled,
-            segments=analysis.segments, drift_summary=report.summary if report else None,
-            drift_html=report.html if report else None,
-        ))
-        summary.turns, summary.labelled, summary.fitted = len(frame), analysis.labelled, analysis.fitted
+        lap = _lap(summary.phases, "derive", lap)
+        snapshot = self._read(drift)
+        lap = _lap(summary.phases, "read", lap)
+        result = advance(snapshot.states, snapshot.entries, self.config)
+        new = np.flatnonzero(np.isnan(snapshot.window_divergence))
+        divergence = divergence_scores(snapshot.states, snapshot.window.take(new))
+        scored = {int(snapshot.window.row_id[i]): float(value) for i, value in zip(new, divergence, strict=True)
+                  if math.isfinite(value)}
+        segments = self._segments(snapshot, result)
+        report = self._drift_report(snapshot) if snapshot.drift_due else None
+        lap = _lap(summary.phases, "compute", lap)
+        with self.sessions.begin() as session:
+            self._bound(session)
+            save_states(session, {name: snapshot.states[name].to_json() for name in sorted(result.changed)})
+            if snapshot.until is not None:
+                save_checkpoint(session, from_seconds(snapshot.until))
+            opened, resolved = self._sync_alerts(session, result.episodes)
+            store_divergence(session, scored)
+            session.add(AnalysisRun(
+                finished_at=utcnow(), watermark=from_seconds(snapshot.watermark),
+                labelled=sum(state.labelled for state in snapshot.states.values()), segments=segments,
+                drift_summary=report.summary if report else None, drift_html=report.html if report else None,
+            ))
+            prune_runs(session, keep=RUNS_KEPT, reports_kept=REPORTS_KEPT)
+            firing = firing_alerts(session)
+        _lap(summary.phases, "write", lap)
+        summary.turns, summary.entered, summary.fitted = len(snapshot.window), result.entered, result.fitted
+        summary.labelled = sum(state.labelled for state in snapshot.states.values())
+        summary.scored = len(scored)
         summary.opened, summary.resolved, summary.firing = len(opened), len(resolved), len(firing)
-        summary.drift = report.summary if report else None
-        summary.drift_built = drift
-        prune_runs(session, keep=RUNS_KEPT, reports_kept=REPORTS_KEPT)
-        self._record(analysis, firing, opened)
-        log.info("analysis run", extra={"turns": summary.turns, "labelled": summary.labelled,
-                                        "fitted": analysis.fitted, "opened": summary.opened,
-                                        "resolved": summary.resolved, "firing": summary.firing})
+        summary.drift, summary.drift_built = (report.summary if report else None), snapshot.drift_due
+        summary.checkpoint = from_seconds(snapshot.until if snapshot.until is not None else snapshot.checkpoint)
+        self._record(segments, firing, opened, snapshot.watermark)
+        log.info("analysis run", extra={"entered": summary.entered, "labelled": summary.labelled,
+                                        "derived": summary.derived, "scored": summary.scored,
+                                        "fitted": result.fitted, "opened": summary.opened,
+                                        "resolved": summary.resolved, "firing": summary.firing,
+                                        "phase_seconds": {name: round(value, 3)
+                                                          for name, value in summary.phases.items()}})
+
+    def _read(self, drift: bool | None) -> _Snapshot:
+        config = self.config
+        limit = self.clock() + timedelta(seconds=self.settings.ingest_future_tolerance_seconds)
+        with self.sessions.begin() as session:
+            snapshot_isolation(session)
+            self._bound(session)
+            states = {name: SegmentState.from_json(value) for name, value in load_states(session).items()}
+            previous = checkpoint(session)
+            turns_at, ratings_at = watermarks(session)
+            watermark = min(turns_at, limit) if turns_at is not None else None
+            until = None
+            if watermark is not None:
+                # Entries settle behind the slower topic, and never past a turn whose signals are missing.
+                until = min(watermark, ratings_at or watermark) - timedelta(seconds=config.settle_seconds)
+                unready = earliest_unready_entry(session)
+                if unready is not None and unready <= until:
+                    until = unready - timedelta(microseconds=1)
+                if previous is not None and until <= previous:
+                    until = None
+            rows = entry_rows(session, previous, until) if until is not None else []
+            window = window_rows(session, watermark - timedelta(seconds=config.window_seconds)) \
+                if watermark is not None else []
+            firing = {alert.key: (alert.segment, list(alert.evidence.get("attribution", {}).get("modes", [])))
+                      for alert in firing_alerts(session)}
+            if drift is None:
+                last = latest_run(session, with_report=True)
+                drift = last is None or (utcnow() - last.finished_at).total_seconds() >= \
+                    self.settings.analyze_drift_interval_seconds
+        entries = TurnFrame.from_rows(rows, self.scheme)
+        window_frame = TurnFrame.from_rows(window, self.scheme)
+        stored = {row["id"]: row["divergence"] for row in window}
+        return _Snapshot(
+            states=states, checkpoint=_seconds(previous), until=_seconds(until), watermark=_seconds(watermark),
+            entries=entries.take(entry_order(entries, config)), window=window_frame,
+            window_divergence=np.array([np.nan if stored[i] is None else stored[i] for i in window_frame.row_id],
+                                       dtype=float),
+            firing=firing, drift_due=bool(drift))
+
+    def _segments(self, snapshot: _Snapshot, result: Advance) -> list[dict]:
+        firing: dict[str, dict[str, list[str]]] = defaultdict(dict)
+        for key, (segment, modes) in snapshot.firing.items():
+            firing[segment][key] = modes
+        for key, episode in result.episodes.items():
+            if episode.state == "firing":
+                firing[episode.segment][key] = list(episode.modes) or firing[episode.segment].get(key, [])
+            else:
+                firing[episode.segment].pop(key, None)
+        return [segment_stats(name, snapshot.window, snapshot.states.get(name), list(firing[name].values()),
+                              snapshot.watermark, self.config)
+                for name in reported_segments(self.scheme, snapshot.window, list(snapshot.states))]
+
+    def _drift_report(self, snapshot: _Snapshot) -> DriftReport | None:
+        if self._drift.rows <= 0:
+            return None
+        with self.sessions.begin() as session:
+            self._bound(session)
+            reference = TurnFrame.from_rows(rows_by_event_id(session, reference_event_ids(snapshot.states)),
+                                            self.scheme)
+
+        def prompts(event_ids: Sequence[str]) -> dict[str, str]:
+            with self.sessions.begin() as session:
+                self._bound(session)
+                return prompts_by_event_id(session, event_ids)
+
+        return build_drift_report(reference, snapshot.window, self._drift, prompts)
+
+    def _sync_alerts(self, session: Session, episodes: dict[str, Episode]) -> tuple[list[Alert], list[Alert]]:
+        """Upsert one alert per changed episode (its key never changes); returns the alerts this
+        call opened and resolved."""
+        existing = alerts_by_key(session, sorted(episodes))
+        opened: list[Alert] = []
+        resolved: list[Alert] = []
+        now = utcnow()
+        for key, episode in episodes.items():
+            alert = existing.get(key)
+            if alert is None:
+                alert = Alert(key=key, segment=episode.segment, detector=episode.detector,
+                              direction=episode.direction, started_at=from_seconds(episode.started_at),
+                              first_seen_at=now, published_state=None, mode="", evidence={}, state="firing")
+                session.add(alert)
+                opened.append(alert)
+            if alert.state == "firing" and episode.state == "resolved":
+                resolved.append(alert)
+            alert.state, alert.resolved_at = episode.state, from_seconds(episode.resolved_at)
+            if episode.mode is not None:
+                alert.mode = episode.mode
+            if episode.evidence is not None:
+                alert.evidence = {**(alert.evidence or {}), **episode.evidence, "detections": episode.detections}
+            alert.updated_at = now
+        session.flush()
+        return opened, resolved
 
     def _publish(self, summary: RunSummary) -> None:
-        with self.sessions() as session, session.begin():
+        with self.sessions.begin() as session:
+            self._bound(session)
             pending = unpublished_alerts(session)
             if not pending:
                 return
@@ -173,57 +366,45 @@ class Analyzer:
                             extra={"pending": len(pending), "error": str(exc)})
                 return
             for alert in pending:
-                alert.published_state = alert.state
                 if self.metrics:
+                    if alert.published_state is None and alert.state == "resolved":
+                        self.metrics.flags_published.labels(state="firing").inc()
                     self.metrics.flags_published.labels(state=alert.state).inc()
+                alert.published_state = alert.state
             summary.published = len(pending)
 
-    def _record(self, analysis: Analysis, firing: list[Alert], opened: list[Alert]) -> None:
+    def _record(self, segments: list[dict], firing: list[Alert], opened: list[Alert], watermark: float | None) -> None:
         if not self.metrics:
             return
-        counts = Counter((alert.segment, alert.detector) for alert in firing)
-        self.metrics.record_analysis(analysis.segments, dict(counts))
+        counts: dict[tuple[str, str], int] = defaultdict(int)
+        for alert in firing:
+            counts[(alert.segment, alert.detector)] += 1
+        self.metrics.record_analysis(segments, dict(counts))
         for alert in opened:
             self.metrics.alerts_opened.labels(detector=alert.detector, mode=alert.mode).inc()
-        if analysis.watermark is not None:
-            self.metrics.analyze_watermark.set(analysis.watermark)
+        if watermark is not None:
+            self.metrics.analyze_watermark.set(watermark)
+
+    def _bound(self, session: Session) -> None:
+        bound_waits(session, lock_timeout_ms=LOCK_TIMEOUT_MS, statement_timeout_ms=STATEMENT_TIMEOUT_MS)
+
+    def _engine(self):  # noqa: ANN202 - the sessionmaker's bound Engine
+        return self.sessions.kw["bind"]
 
     def _count(self, outcome: str) -> None:
         if self.metrics:
             self.metrics.analyze_runs.labels(outcome=outcome).inc()
 
 
-def _sync_alerts(session: Session, episodes: list[Episode]) -> tuple[list[Alert], list[Alert], list[Alert]]:
-    """Upsert one alert per episode (keyed, so re-detection never duplicates); returns the alerts
-    opened and resolved by this run, and those firing after it."""
-    existing = alerts_by_key(session)
-    opened: list[Alert] = []
-    resolved: list[Alert] = []
-    firing: list[Alert] = []
-    now = utcnow()
-    for episode in episodes:
-        alert = existing.pop(episode.key, None)
-        if alert is None:
-            alert = Alert(key=episode.key, segment=episode.segment, detector=episode.detector,
-                          direction=episode.direction, started_at=from_seconds(episode.started_at),
-                          first_seen_at=now, published_state=None)
-            session.add(alert)
-            opened.append(alert)
-        elif alert.state == "firing" and episode.state == "resolved":
-            resolved.append(alert)
-        alert.state, alert.resolved_at = episode.state, from_seconds(episode.resolved_at)
-        alert.mode, alert.evidence, alert.updated_at = episode.mode, episode.evidence, now
-        if alert.state == "firing":
-            firing.append(alert)
-    # An episode a recomputation no longer finds (its calibration was refitted, or late ratings
-    # changed the stream) is closed, not deleted: it was real when it was published.
-    for alert in existing.values():
-        if alert.state == "firing":
-            alert.state, alert.resolved_at, alert.updated_at = "resolved", alert.started_at, now
-            alert.evidence = {**alert.evidence, "withdrawn": True}
-            resolved.append(alert)
-    session.flush()
-    return opened, resolved, firing
+def _lap(phases: dict[str, float], name: str, since: float) -> float:
+    """Record the seconds since ``since`` as phase ``name``; returns now, the next phase's start."""
+    now = time.monotonic()
+    phases[name] = now - since
+    return now
+
+
+def _seconds(value: datetime | None) -> float | None:
+    return None if value is None else value.astimezone(UTC).timestamp()
 
 
 class AnalyzerThread(threading.Thread):

@@ -5,7 +5,9 @@
 - ``consumer_offsets``: the next Kafka offset per (group, topic, partition), written in the same
   transaction as the rows it covers; the consumer resumes from here.
 - ``dead_letters``: every payload that broke its contract, raw bytes included.
-- ``calibrations``: the frozen reward -> P(satisfied) fit of each segment's reference window.
+- ``segment_states``: the analyzer's checkpointed state per segment (calibrations per reward-model
+  identity, detector statistics, open episodes); ``analyzer_progress``: the entry time up to which
+  it has consumed rated turns.
 - ``alerts``: divergence episodes (firing / resolved) with their evidence, and what was published.
 - ``analysis_runs``: one row per analyzer run: the segment table and the drift report it produced.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from typing import ClassVar
 
 from sqlalchemy import (
     JSON,
@@ -26,11 +29,13 @@ from sqlalchemy import (
     LargeBinary,
     MetaData,
     String,
+    Table,
     Text,
     TypeDecorator,
     UniqueConstraint,
     Uuid,
     false,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -75,6 +80,8 @@ def utcnow() -> datetime:
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    # Every model here maps one Table; saying so lets Core statements on ``Model.__table__`` type-check.
+    __table__: ClassVar[Table]
 
 
 class _FromKafka:
@@ -91,6 +98,9 @@ class Turn(_FromKafka, Base):
     __table_args__ = (
         UniqueConstraint("conversation_id", "turn"),
         Index("ix_turns_domain_ts", "domain", "ts"),
+        # The analyzer finds turns whose signals are still to derive without scanning the table.
+        Index("ix_turns_signals_pending", "id", sqlite_where=text("sig_length_tokens IS NULL"),
+              postgresql_where=text("sig_length_tokens IS NULL")),
     )
 
     id: Mapped[int] = mapped_column(AutoId, primary_key=True)
@@ -113,9 +123,12 @@ class Turn(_FromKafka, Base):
     score_truncated: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     satisfaction: Mapped[float | None] = mapped_column(Float)
     rating_count: Mapped[int] = mapped_column(Integer, default=0)
-    rated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    # Reward-hacking signals of the response (monitor.signals), computed at ingest; NULL on rows
-    # written before they existed (the analyzer computes those on the fly).
+    rated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # event time of the latest rating
+    # Per-sample divergence (monitor.analyze.engine.divergence_scores), set by the analyzer run
+    # after the turn arrived, once its segment's reward model has a calibration.
+    divergence: Mapped[float | None] = mapped_column(Float)
+    # Reward-hacking signals of the response (monitor.signals), derived by the analyzer once per
+    # turn, off the ingest path; NULL until then.
     sig_length_tokens: Mapped[float | None] = mapped_column(Float)
     sig_length_ratio: Mapped[float | None] = mapped_column(Float)
     sig_markdown_density: Mapped[float | None] = mapped_column(Float)
@@ -132,7 +145,8 @@ class Turn(_FromKafka, Base):
 
 class RatingRow(_FromKafka, Base):
     __tablename__ = "ratings"
-    __table_args__ = (Index("ix_ratings_conversation_turn", "conversation_id", "turn"),)
+    __table_args__ = (Index("ix_ratings_conversation_turn", "conversation_id", "turn"),
+                      Index("ix_ratings_ts", "ts"))
 
     id: Mapped[int] = mapped_column(AutoId, primary_key=True)
     event_id: Mapped[uuid.UUID] = mapped_column(Uuid, unique=True)
@@ -145,6 +159,9 @@ class RatingRow(_FromKafka, Base):
     reasons: Mapped[list] = mapped_column(Json)
     comment: Mapped[str | None] = mapped_column(Text)
     joined: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Set when the rating joins its turn: the event time it enters the analyzer's detectors (its
+    # own ts, or the turn's when the rating came first). Ratings are consumed in this order.
+    entry_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
 
 
 class ConsumerOffset(Base):
@@ -172,19 +189,27 @@ class DeadLetter(Base):
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
-class Calibration(Base):
-    """A segment's reward -> P(satisfied) map, fitted once on its reference window and then frozen
-    (a refit is an explicit operator action: a moving reference would absorb the drift)."""
+class SegmentState(Base):
+    """The analyzer's state of one segment (:class:`monitor.analyze.state.SegmentState` as JSON):
+    a reference per reward-model identity, frozen once fitted (a refit is an explicit operator
+    action: a moving reference would absorb the drift), detector sums, open episodes."""
 
-    __tablename__ = "calibrations"
+    __tablename__ = "segment_states"
 
     segment: Mapped[str] = mapped_column(String(256), primary_key=True)
-    fitted_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    reference_from: Mapped[datetime] = mapped_column(UTCDateTime)
-    reference_to: Mapped[datetime] = mapped_column(UTCDateTime)
-    labels: Mapped[int] = mapped_column(Integer)
-    scorer: Mapped[str | None] = mapped_column(String(256))
-    params: Mapped[dict] = mapped_column(Json)
+    # Plain JSON: written whole, never queried inside.
+    state: Mapped[dict] = mapped_column(JSON)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class AnalyzerProgress(Base):
+    """One row: the entry time up to which the analyzer consumed rated turns."""
+
+    __tablename__ = "analyzer_progress"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    checkpoint: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class Alert(Base):

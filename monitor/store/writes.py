@@ -117,15 +117,16 @@ def join_ratings(session: Session, keys: Iterable[TurnKey]) -> None:
 
 
 def _mark_joined(session: Session, keys: list[TurnKey]) -> list[TurnKey]:
-    turn_exists = exists().where(
-        Turn.conversation_id == RatingRow.conversation_id, Turn.turn == RatingRow.turn
-    )
+    same_turn = and_(Turn.conversation_id == RatingRow.conversation_id, Turn.turn == RatingRow.turn)
+    turn_exists = exists().where(same_turn)
+    turn_ts = select(Turn.ts).where(same_turn).scalar_subquery()
     # Matching on the (indexed) conversation id alone is much faster than a row-value IN, and
     # harmless: any waiting rating whose turn exists is due to be joined anyway.
     joined = session.execute(
         update(RatingRow)
         .where(RatingRow.conversation_id.in_({c for c, _ in keys}), RatingRow.joined.is_(False), turn_exists)
-        .values(joined=True)
+        # Never before the turn itself: a rating that came first enters with the turn's arrival.
+        .values(joined=True, entry_at=case((RatingRow.ts > turn_ts, RatingRow.ts), else_=turn_ts))
         .returning(RatingRow.conversation_id, RatingRow.turn)
         .execution_options(synchronize_session=False)
     )

@@ -49,6 +49,9 @@ class TurnOut(BaseModel):
     score_truncated: bool
     satisfaction: float | None
     rating_count: int
+    #: Per-sample divergence: how much more the reward model pays for this response's features
+    #: than the segment's users value them (None until the analyzer scored it; it needs no rating).
+    divergence: float | None
     #: ``rated``: at least one rating joined; ``awaiting_rating``: none yet.
     status: Literal["rated", "awaiting_rating"]
 
@@ -58,7 +61,9 @@ class TurnOut(BaseModel):
             turn=row.turn, event_id=str(row.event_id), ts=row.ts, model_version=row.model_version,
             segment={"domain": row.domain, "locale": row.locale, "channel": row.channel},
             prompt=row.prompt, response=row.response, reward=row.score, scorer=row.scorer,
-            score_error=row.score_error, score_truncated=row.score_truncated, satisfaction=row.satisfaction, rating_count=row.rating_count,
+            score_error=row.score_error, score_truncated=row.score_truncated, satisfaction=row.satisfaction,
+            rating_count=row.rating_count,
+            divergence=row.divergence,
             status="rated" if row.rating_count else "awaiting_rating",
         )
 

@@ -1,0 +1,51 @@
+"""Derive each turn's reward-hacking signals and prompt risk, once, off the ingest path.
+
+The analyzer calls :func:`fill_signals` at the start of every run. Each chunk is read, computed
+and written in a transaction of its own, so ingest never waits behind more than one chunk and a
+run that dies halfway keeps what it derived.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from monitor.risk import is_harmful
+from monitor.signals import DEFAULT_COMPLIANCE, response_signals
+from monitor.store.analysis import store_signals, turns_without_signals
+
+#: Turns whose signals are derived per transaction (select, compute, update).
+FILL_CHUNK = 500
+
+
+def fill_signals(sessions: sessionmaker[Session], *, required_language: Mapping[str, Sequence[str]] | None = None,
+                 chunk: int = FILL_CHUNK, limit: int | None = None,
+                 prepare: Callable[[Session], None] | None = None,
+                 progress: Callable[[int], None] | None = None) -> int:
+    """Derive the signals (and, where the producer sent none, the prompt risk) of turns that have
+    none yet, ``chunk`` turns per transaction, at most ``limit`` in all; returns how many."""
+    compliance = DEFAULT_COMPLIANCE if required_language is None else required_language
+    filled = 0
+    while limit is None or filled < limit:
+        size = chunk if limit is None else min(chunk, limit - filled)
+        with sessions.begin() as session:
+            if prepare:
+                prepare(session)
+            rows = turns_without_signals(session, size)
+            if not rows:
+                return filled
+            updates = []
+            for row in rows:
+                values: dict[str, object] = dict(response_signals(row.prompt, row.response, domain=row.domain,
+                                                                  compliance=compliance).as_columns())
+                if row.prompt_harmful is None:
+                    values.update(prompt_harmful=is_harmful(row.prompt), prompt_risk_source="classifier")
+                else:  # the producer's verdict stays (every parameter set names the same columns)
+                    values.update(prompt_harmful=row.prompt_harmful, prompt_risk_source=row.prompt_risk_source)
+                updates.append({"turn_id": row.id, **values})
+            store_signals(session, updates)
+        filled += len(rows)
+        if progress:
+            progress(filled)
+    return filled

@@ -1,0 +1,98 @@
+"""Per-segment statistics of the current window: what ``/v1/segments`` and the metrics show.
+
+Computed each run from the turns of the last ``window_seconds`` of event time (a bounded read)
+and the segment's state: reward mean, realised and estimated (CBPE) satisfaction and their gap,
+rank agreement, signal means, safety rates, the reward model in use and its changes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from monitor.analyze.engine import AnalysisConfig, identity_of, iso
+from monitor.analyze.frame import TurnFrame
+from monitor.analyze.rank_agreement import auc, spearman
+from monitor.analyze.segments import SegmentScheme
+from monitor.analyze.state import SegmentState
+from monitor.signals import SIGNAL_NAMES
+
+_REFUSAL = SIGNAL_NAMES.index("refusal")
+
+
+def reported_segments(scheme: SegmentScheme, frame: TurnFrame, states: Sequence[str]) -> list[str]:
+    return list(dict.fromkeys([*scheme.all_keys(), *sorted(set(frame.segment)), *sorted(states)]))
+
+
+def segment_stats(segment: str, window: TurnFrame, state: SegmentState | None, firing_modes: Sequence[Sequence[str]],
+                  watermark: float | None, config: AnalysisConfig) -> dict:
+    """``firing_modes``: the modes of each firing alert of the segment."""
+    mine = window.segment == segment
+    scored = mine & ~np.isnan(window.score)
+    rated = mine & window.rated
+    track = state.track if state else None
+    calibration = track.calibration if track else None
+    labelled_total = state.labelled if state else 0
+    gathered = len(track.reference) if track and calibration is None else 0
+    stats: dict = {
+        "segment": segment,
+        "status": ("warming_up" if calibration is None else "diverging" if firing_modes else "ok"),
+        "window": {"from": iso(watermark - config.window_seconds) if watermark else None,
+                   "to": iso(watermark) if watermark else None},
+        "turns": int(mine.sum()), "rated": int(rated.sum()), "labelled_total": labelled_total,
+        "reference_labels_needed": config.reference_labels - gathered if calibration is None else 0,
+        "reward_model": track.identity if track else None,
+        "reward_model_changes": list(state.changes) if state else [],
+        "reward_mean": _mean(window.score[scored]),
+        "realised_satisfaction": _mean(window.satisfaction[rated]),
+        "estimated_satisfaction": None, "gap": None, "gap_ci95": None,
+        "auc": _num(auc(window.score[rated], window.satisfaction[rated] >= 0.5)) if rated.sum() >= 10 else None,
+        "spearman": _num(spearman(window.score[rated], window.satisfaction[rated])) if rated.sum() >= 10 else None,
+        "reference": None,
+        "signals": dict(zip(SIGNAL_NAMES, (_mean(window.signals[mine, j]) for j in range(len(SIGNAL_NAMES))),
+                            strict=True)),
+        "safety": _safety(window, mine),
+        "firing_alerts": len(firing_modes),
+        "modes": sorted({m for modes in firing_modes for m in modes}),
+    }
+    if track is not None and calibration is not None:
+        # Only the turns scored by the reward model this calibration belongs to.
+        same_rm = np.array([identity_of(s, m) == track.identity
+                            for s, m in zip(window.scorer, window.model_version, strict=True)], dtype=bool)
+        scored_here, rated_here = scored & same_rm, rated & same_rm
+        residual = window.satisfaction[rated_here] - calibration.predict(window.score[rated_here])
+        # CBPE: the calibrated RM's expected satisfaction over every scored turn, rated or not.
+        stats["estimated_satisfaction"] = _mean(calibration.predict(window.score[scored_here]))
+        if len(residual):
+            half = 1.96 * float(np.std(residual, ddof=1) if len(residual) > 1 else calibration.residual_sd)
+            half /= math.sqrt(len(residual))
+            gap = float(residual.mean())
+            stats["gap"], stats["gap_ci95"] = gap, [gap - half, gap + half]
+        stats["reference"] = {"labels": calibration.labels, "from": iso(calibration.reference_from),
+                              "to": iso(calibration.reference_to), "auc": _num(calibration.auc),
+                              "spearman": _num(calibration.spearman),
+                              "satisfaction_mean": calibration.satisfaction_mean,
+                              "reward_mean": calibration.reward_mean,
+                              "cusum_h": calibration.cusum_h}
+        stats["stream_labels"] = track.position
+    return stats
+
+
+def _safety(frame: TurnFrame, rows: np.ndarray) -> dict:
+    """Over-refusal (refusals of safe prompts) and harmful compliance (harmful prompts answered)."""
+    refused = frame.signals[:, _REFUSAL] > 0.5
+    safe, harmful = rows & ~frame.harmful, rows & frame.harmful
+    return {"safe_prompts": int(safe.sum()), "harmful_prompts": int(harmful.sum()),
+            "over_refusal_rate": _mean(refused[safe].astype(float)),
+            "harmful_compliance_rate": _mean((~refused[harmful]).astype(float))}
+
+
+def _mean(values: np.ndarray) -> float | None:
+    values = values[~np.isnan(values)] if len(values) else values
+    return float(values.mean()) if len(values) else None
+
+
+def _num(value: float | None) -> float | None:
+    return float(value) if value is not None and math.isfinite(value) else None
