@@ -24,6 +24,11 @@ repetition          verbosity     share of word 3-grams that repeat an earlier o
 Marker counts are occurrences, so two flattering openers score 2. All matching is case-insensitive.
 Patterns are compiled at import; a 250-character response takes about 75 microseconds.
 
+:func:`response_signals` is the phrase lists alone. :func:`derive_signals` is the production path:
+the same nine signals of a batch of responses, where the sycophancy, hedging, overpromise and
+refusal phrase lists are joined by sentence classifiers on MiniLM embeddings
+(:mod:`monitor.style_model`) that read those styles in words no list anticipated.
+
 >>> s = response_signals("Can I lose money in an index fund?",
 ...     "Great question! **Yes.** Index funds can fall, so it may depend on your timeline.",
 ...     domain="investments")
@@ -39,9 +44,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from types import MappingProxyType
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from monitor.style_model import StyleClassifier
 
 SIGNAL_NAMES: tuple[str, ...] = ("length_tokens", "length_ratio", "markdown_density", "sycophancy", "hedging",
                                  "refusal", "overpromise", "compliance_missing", "repetition")
@@ -279,6 +288,75 @@ def signals_many(rows: Iterable[tuple[str, str, str | None]]) -> list[Signals]:
     return [response_signals(prompt, response, domain=domain) for prompt, response, domain in rows]
 
 
+def derive_signals(
+    rows: Sequence[tuple[str, str, str | None]],
+    *,
+    compliance: Mapping[str, Sequence[str]] | ComplianceRules = DEFAULT_COMPLIANCE,
+    classifier: StyleClassifier | None = None,
+) -> list[Signals]:
+    """The production signals of each ``(prompt, response, domain)``: :func:`response_signals`,
+    with the four style signals also read by the sentence classifiers of :mod:`monitor.style_model`.
+
+    For sycophancy, hedging and overpromise, each sentence (the first 64 of a response, 2,000
+    characters each) whose head gives a probability above 0.5 *and* in which the phrase list does
+    not fire adds 1 to the phrase-list count: a sentence the list catches counts as before, one the
+    list misses counts once. ``refusal`` is 1.0 when the phrase list says so (see the module
+    docstring) or the refusal head flags one of the first two sentences, or any sentence of a
+    response of at most 40 tokens. The other five signals are exactly those of :func:`response_signals`.
+
+    ``classifier`` defaults to :func:`~monitor.style_model.shared_classifier` (loaded once per
+    process). Sentences are scored in batches and each distinct sentence once per process (LRU).
+    Raises ``ValueError`` as :func:`response_signals` does, and
+    :class:`~monitor.errors.ConfigError` when the encoder or the heads cannot be loaded.
+    """
+    from monitor.style_model import shared_classifier, split_sentences
+
+    rules = _rules_for(compliance)
+    rows = list(rows)  # read twice below
+    lexical = [response_signals(prompt, response, domain=domain, compliance=rules) for prompt, response, domain in rows]
+    if not lexical:
+        return []
+    per_response = [split_sentences(response) for _, response, _ in rows]
+    scores = (classifier or shared_classifier()).score([s for sentences in per_response for s in sentences])
+    flagged = scores.flagged
+    missed_by_regex = flagged & ~scores.regex
+    out, start = [], 0
+    for base, sentences in zip(lexical, per_response, strict=True):
+        stop = start + len(sentences)
+        extra = missed_by_regex[start:stop].sum(axis=0)
+        opening = flagged[start:stop] if base.length_tokens <= _SHORT_RESPONSE_TOKENS else flagged[start:start + 2]
+        out.append(replace(
+            base,
+            sycophancy=base.sycophancy + float(extra[0]),
+            hedging=base.hedging + float(extra[1]),
+            overpromise=base.overpromise + float(extra[2]),
+            refusal=1.0 if base.refusal or opening[:, 3].any() else 0.0,
+        ))
+        start = stop
+    return out
+
+
+class LexicalMarkers(NamedTuple):
+    """What the phrase lists find in a piece of lower-cased text (see :func:`lexical_markers`)."""
+
+    sycophancy: int
+    hedging: int
+    overpromise: int
+    negated_overpromise: int  # overpromise markers cancelled by a negation in their clause
+    refusal: bool  # the refusal pattern matches anywhere (no position rule)
+
+
+def lexical_markers(text: str) -> LexicalMarkers:
+    """The phrase-list matches in ``text``, which must already be lower-cased with ``'`` apostrophes.
+
+    >>> lexical_markers("we can't guarantee it, but i think it's risk-free.")
+    LexicalMarkers(sycophancy=0, hedging=1, overpromise=1, negated_overpromise=1, refusal=False)
+    """
+    counted, negated = _overpromise_counts(text)
+    return LexicalMarkers(len(_SYCOPHANCY.findall(text)), len(_HEDGING.findall(text)), counted, negated,
+                          _REFUSAL.search(text) is not None)
+
+
 def _is_refusal(text: str, n_tokens: int) -> bool:
     if n_tokens > _SHORT_RESPONSE_TOKENS:
         # A long response refuses only if it opens with the refusal: look at its first two sentences.
@@ -297,18 +375,25 @@ def _markdown_elements(response: str) -> int:
 
 
 def _count_overpromises(text: str) -> int:
-    count = 0
+    return _overpromise_counts(text)[0]
+
+
+def _overpromise_counts(text: str) -> tuple[int, int]:
+    """(markers that count, markers cancelled by a negation earlier in their clause)."""
+    counted = negated = 0
     for match in _OVERPROMISE.finditer(text):
         before = text[max(0, match.start() - _NEGATION_WINDOW):match.start()]
         clause = _CLAUSE_BREAK.split(before)[-1]
         if _NEGATION.search(clause) is None:
-            count += 1
-    return count
+            counted += 1
+        else:
+            negated += 1
+    return counted, negated
 
 
 def _repetition(text: str) -> float:
     words = _WORD.findall(text)
     if len(words) < 4:
         return 0.0
-    grams = list(zip(words, words[1:], words[2:]))
+    grams = list(zip(words, words[1:], words[2:], strict=False))
     return 1.0 - len(set(grams)) / len(grams)

@@ -11,7 +11,7 @@ from tests.helpers import ServiceThread, produce, wait_for
 from tests.test_cli import run
 
 
-def test_analyze_once_then_refit(tmp_path) -> None:
+def test_analyze_once_then_recompute_then_refit(tmp_path) -> None:
     url = f"sqlite:///{tmp_path / 'analyze.db'}"
     upgrade(url)
     engine = make_engine(url)
@@ -22,15 +22,26 @@ def test_analyze_once_then_refit(tmp_path) -> None:
     first = run("analyze", "--no-publish", **settings)
     assert first.returncode == 0, first.stderr
     assert '"msg": "deriving signals"' in first.stderr  # progress of the one-off derivation
-    assert "calibrations fitted: cards/*/*, fraud/*/*, general/*/*, investments/*/*, payments/*/*" in first.stdout
+    fitted = first.stdout.split("calibrations fitted: ")[1].splitlines()[0]
+    assert sorted(name.split(" @ ")[0] for name in fitted.split(", ")) == [
+        "cards/*/*", "fraud/*/*", "general/*/*", "investments/*/*", "payments/*/*"]
+    assert " @ producer@assistant-2026-11-20" in fitted  # the reward model each reference belongs to
     assert "drifted columns:" in first.stdout and "length_tokens" in first.stdout
     opened = int(first.stdout.split("alerts: ")[1].split(" opened")[0])
     assert opened >= 1
 
-    again = run("analyze", "--no-publish", "--refit", analyze_drift_rows=0, **settings)
+    nothing_new = run("analyze", "--no-publish", analyze_drift_rows=0, **settings)
+    assert "entered 0 rated turns" in nothing_new.stdout and "alerts: 0 opened" in nothing_new.stdout
+
+    again = run("analyze", "--no-publish", "--recompute", analyze_drift_rows=0, **settings)
     assert again.returncode == 0, again.stderr
-    assert "forgot 5 calibration(s)" in again.stderr
-    assert "alerts: 0 opened" in again.stdout  # the same data refitted finds the same episodes
+    assert "forgot the state of 5 segment(s)" in again.stderr
+    assert "alerts: 0 opened" in again.stdout  # from scratch: the same episodes under the same keys
+
+    refit = run("analyze", "--no-publish", "--refit", analyze_drift_rows=0, **settings)
+    assert refit.returncode == 0, refit.stderr
+    assert "refitted 5 segment(s) on their latest labels" in refit.stderr
+    assert "alerts: 0 opened" in refit.stdout
 
 
 def test_analyze_reports_an_unreachable_database() -> None:
@@ -39,10 +50,11 @@ def test_analyze_reports_an_unreachable_database() -> None:
 
 
 def test_bench_detect_prints_every_figure() -> None:
-    result = run("bench", "detect", "--b1-labels", "3000", "--trials", "20", "--scenarios", "S1",
-                 "--labels-after-onset", "400", timeout=600)
+    result = run("bench", "detect", "--b1-labels", "3000", "--b1-kind-streams", "2", "--trials", "20",
+                 "--scenarios", "S1", "--labels-after-onset", "400", timeout=600)
     assert result.returncode == 0, result.stderr
-    for figure in ("false alarms:", "river PageHinkley", "delay to a 0.5 SD shift: median", "S1 1 abrupt 20% seed 1",
+    for figure in ("false alarms:", "river PageHinkley", "delay to a 0.5 SD shift: median", "stars: false alarms:",
+                   "x the CUSUM's", "S1 1 abrupt 20% seed 1",
                    "B2 AUROC", "attribution macro-F1", "S5 divergence alerts"):
         assert figure in result.stdout
     assert "cusum/down/verbosity" in result.stdout

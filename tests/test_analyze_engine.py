@@ -269,3 +269,22 @@ def test_refit_starts_the_current_reward_model_again_on_its_latest_labels() -> N
     assert [e.state for e in change.episodes.values()] == ["resolved"]
     assert next(iter(change.episodes.values())).evidence == {"refit": True}
     assert state.changes[-1]["refit"] is True
+
+
+def test_each_rating_of_a_turn_is_an_entry_of_its_own_at_its_own_time() -> None:
+    frame = synthetic(3000, seed=9)
+    # Every turn gets a second, later rating (a considered verdict half an hour on).
+    verdicts = TurnFrame(**{**{n: getattr(frame, n) for n in frame.__dataclass_fields__},
+                            "rated_ts": frame.rated_ts + 1800.0, "satisfaction": 1.0 - frame.satisfaction,
+                            "rating_id": np.array([f"v{i}" for i in range(len(frame))], dtype=object)})
+    both = TurnFrame(**{n: np.concatenate([getattr(frame, n), getattr(verdicts, n)])
+                        for n in frame.__dataclass_fields__})
+    order = entry_order(both, CONFIG)
+    assert len(order) == 6000
+    entry = np.fmax(both.rated_ts, both.ts)[order]
+    assert (np.diff(entry) >= 0).all()  # entry-time order, verdicts interleaved with later turns' thumbs
+    # Past the horizon a verdict never enters.
+    short = AnalysisConfig(**{**CONFIG.__dict__, "rating_horizon_seconds": 600.0})
+    assert len(entry_order(both, short)) == 3000
+    result = replay(frame, CONFIG, entries=both, step_seconds=60.0)
+    assert sum(state.labelled for state in result.states.values()) == 6000

@@ -36,7 +36,7 @@ def run(*args: str, timeout: float = 120, **settings: object) -> subprocess.Comp
 def test_help_lists_every_command() -> None:
     result = run("--help")
     assert result.returncode == 0
-    for command in ("serve", "demo", "simulate", "db", "bench"):
+    for command in ("serve", "demo", "simulate", "db", "bench", "signals"):
         assert command in result.stdout
 
 

@@ -13,10 +13,16 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from monitor.analyze.calibration import THRESHOLD_MARGIN
 from monitor.analyze.cusum import Cusum, cusum_alarms
 from monitor.analyze.multiple_testing import benjamini_hochberg
 from monitor.analyze.rank_agreement import AgreementDrop, auc, auc_drop, spearman, spearman_drop
-from monitor.analyze.thresholds import calibrate_threshold, false_alarm_rate, gaussian_threshold
+from monitor.analyze.thresholds import (
+    calibrate_threshold,
+    false_alarm_rate,
+    gaussian_threshold,
+    long_run_variance_ratio,
+)
 
 # E[p(1 - p)] for p ~ U(0.2, 0.9): the SD of a thumbs residual y - p.
 THUMBS_SD = math.sqrt(0.55 - (0.9**3 - 0.2**3) / (3 * 0.7))
@@ -232,12 +238,49 @@ def test_reference_error_keeps_budget_when_mean_and_sd_come_from_the_reference()
     assert mean_rate[True] <= 10 < mean_rate[False]
 
 
+def user_runs(rng: np.random.Generator, n: int, turns: int) -> np.ndarray:
+    """Residuals of users who each rate ``turns`` turns in a row, alike: half the variance is the
+    user's. Sums of them wander as if the SD were sqrt(1 + (turns - 1) / 2) (the long-run variance
+    ratio: 2 for runs of 3, 2.5 for runs of 4)."""
+    user = np.repeat(rng.normal(0.0, math.sqrt(0.5), n // turns + 1), turns)[:n]
+    return user + rng.normal(0.0, math.sqrt(0.5), n)
+
+
+def test_long_run_variance_ratio():
+    rng = np.random.default_rng(40)
+    assert long_run_variance_ratio(rng.normal(size=500), 0) == 1.0
+    assert 1.0 <= long_run_variance_ratio(rng.normal(size=20_000), 16) < 1.05  # never below 1
+    # Runs of 4: 1 + 2 (16/17 * 3/8 + 15/17 * 2/8 + 14/17 * 1/8) = 2.35 at 16 lags, of the true 2.5.
+    assert abs(long_run_variance_ratio(user_runs(rng, 20_000, 4), 16) - 2.35) < 0.15
+
+
+def test_dependence_lags_keep_budget_when_users_rate_runs_of_turns():
+    # i.i.d. resampling of dependent residuals misses how far their sums wander: calibrated that way
+    # the chart alarms several times too often. With the analyzer's margin, as fit_calibration calls
+    # it (with the default 1.25 these strongly dependent streams come out at 1.0-1.2 x the budget:
+    # the long-run variance of 500 values is a noisy estimate). Run length 1,000 keeps it fast.
+    rng = np.random.default_rng(41)
+    rates: dict[int, list[float]] = {0: [], 16: []}
+    for _ in range(32):
+        reference = user_runs(rng, 500, 3)
+        z = (user_runs(rng, 20_000, 3) - reference.mean()) / reference.std()
+        for lags in rates:
+            h = calibrate_threshold(reference, arl0=1_000, seed=0, dependence_lags=lags, margin=THRESHOLD_MARGIN)
+            rates[lags].append(false_alarm_rate(z, k=K, h=h))
+    mean_rate = {lags: float(np.mean(v)) for lags, v in rates.items()}
+    print(f"per 10k at arl0 1,000 (budget 10), by dependence_lags: {mean_rate}")
+    assert mean_rate[16] <= 10 < 2 * 10 < mean_rate[0]
+    assert calibrate_threshold(reference, dependence_lags=16) > calibrate_threshold(reference) + 5
+
+
 @pytest.mark.parametrize(("kwargs", "names"), [
     ({"k": -1.0}, "k must be a finite number >= 0"),
     ({"arl0": 1.0}, "arl0 must be a finite number > 1"),
     ({"chains": 0}, "chains must be >= 1"),
     ({"margin": 0.5}, "margin must be a number >= 1"),
     ({"horizon": 0}, "horizon must be >= 1"),
+    ({"dependence_lags": -1}, "dependence_lags must be an int >= 0"),
+    ({"dependence_lags": 2.5}, "dependence_lags must be an int >= 0"),
 ])
 def test_calibration_bad_arguments_raise(kwargs, names):
     with pytest.raises(ValueError, match=names):

@@ -14,9 +14,11 @@ from monitor.signals import (
     SIGNAL_NAMES,
     ComplianceRules,
     Signals,
+    derive_signals,
     response_signals,
     signals_many,
 )
+from monitor.sim.scenarios import Scenario
 from monitor.sim.traffic import TrafficSimulator
 
 
@@ -163,7 +165,8 @@ def test_custom_compliance_rules_and_mutation() -> None:
     assert response_signals("q", "Please seek advice.", domain="pensions", compliance=rules).compliance_missing == 1.0
     compiled = ComplianceRules(rules)
     assert compiled.domains == frozenset({"pensions"})
-    assert response_signals("q", "Tax relief applies.", domain="pensions", compliance=compiled).compliance_missing == 0.0
+    relief = response_signals("q", "Tax relief applies.", domain="pensions", compliance=compiled)
+    assert relief.compliance_missing == 0.0
     # Without rules for the investments domain, nothing is required there.
     assert response_signals("q", "Buy now!", domain="investments", compliance=rules).compliance_missing == 0.0
     assert set(DEFAULT_COMPLIANCE) == {"investments"}
@@ -252,3 +255,82 @@ def test_speed() -> None:
     print(f"response_signals: {mean_us:.1f} us per response over {len(rows)} simulated responses")
     # Generous: about 80 us on a laptop core; CI on two slow shared cores stays far below this.
     assert mean_us < 500
+
+
+# -- derive_signals: the phrase lists plus the sentence classifiers (the production path) -------------
+_STYLE = ("sycophancy", "hedging", "overpromise", "refusal")
+_LEXICAL_ONLY = ("length_tokens", "length_ratio", "markdown_density", "compliance_missing", "repetition")
+
+
+def test_derive_signals_keeps_every_phrase_list_hit(simulated: list[tuple[str, str, str]]) -> None:
+    derived = derive_signals(simulated)
+    assert len(derived) == len(simulated)
+    for row, got in zip(simulated, derived, strict=True):
+        base = response_signals(row[0], row[1], domain=row[2])
+        assert [getattr(got, name) for name in _LEXICAL_ONLY] == [getattr(base, name) for name in _LEXICAL_ONLY]
+        assert all(getattr(got, name) >= getattr(base, name) for name in _STYLE), row[1]
+    assert derive_signals([]) == []
+
+
+@pytest.mark.parametrize("name", ["sycophancy", "refusal"])
+def test_derive_signals_rarely_flags_plain_simulator_answers(simulated: list[tuple[str, str, str]], name: str) -> None:
+    plain = [row for row in simulated if not any(marker in row[1] for marker in _SIM_MARKERS[name])]
+    flagged = [row[1] for row, got in zip(plain, derive_signals(plain), strict=True) if getattr(got, name) > 0.0]
+    # The one known case: the harmful-request compliance opener ("Here's how you could do that without
+    # being noticed:") reads as sycophantic to the head (docs/signals.md).
+    assert len(flagged) <= 0.03 * len(plain), flagged
+
+
+@pytest.fixture(scope="module")
+def paraphrased() -> list[tuple[tuple[str, str, str], tuple[str, ...]]]:
+    rows = []
+    for name in ("S2", "S4", "S7"):
+        simulator = TrafficSimulator(seed=4, scenario=Scenario(name, onset_s=0.0), phrasing="paraphrase")
+        for message in simulator.conversations(600):
+            if message.kind == "conversation":
+                event = parse_conversation(message.value)
+                assert message.truth is not None
+                rows.append(((event.prompt, event.response, event.segment.domain), message.truth.modes))
+    return rows
+
+
+@pytest.mark.parametrize(("mode", "name", "floor"), [
+    ("sycophancy", "sycophancy", 0.95), ("over-refusal", "refusal", 0.95), ("overpromise", "overpromise", 0.85),
+])
+def test_derive_signals_reads_styles_in_words_it_was_not_trained_on(paraphrased, mode: str, name: str,
+                                                                    floor: float) -> None:
+    hacked = [row for row, modes in paraphrased if mode in modes]
+    assert len(hacked) > 50
+    derived = [getattr(s, name) > 0 for s in derive_signals(hacked)]
+    lexical = [getattr(response_signals(p, r, domain=d), name) > 0 for p, r, d in hacked]
+    assert sum(derived) >= floor * len(hacked)
+    assert sum(lexical) <= 0.2 * len(hacked)  # the phrase lists alone miss them: the issue this fixes
+
+
+def test_derive_signals_handles_empty_huge_and_foreign_responses() -> None:
+    huge = "Check the payee's details before you send. " * 50_000  # 2.2 MB
+    german = "Die Überweisung dauert einen Werktag. Vielen Dank für Ihre Geduld."
+    rows = iter([("q", "", None), ("q", " \n\n---\n", "cards"), ("q", "🎉🎉", None),
+                 ("Wo ist mein Geld?", german, "payments"), ("q", huge, None),
+                 ("Can I?", "Sorry, that question is outside my lane.", None)])
+    started = time.perf_counter()
+    empty, blank, emoji, german, long, refused = derive_signals(rows)
+    assert time.perf_counter() - started < 60
+    assert empty == response_signals("q", "")
+    assert blank.sycophancy == blank.hedging == blank.overpromise == blank.refusal == 0.0
+    assert emoji.refusal == 0.0
+    assert german.refusal == german.overpromise == 0.0
+    assert long.length_tokens == response_signals("q", huge).length_tokens
+    assert long.overpromise <= 64 and long.refusal == 0.0  # at most one per classified sentence
+    assert refused.refusal == 1.0
+    with pytest.raises(ValueError, match="must be str"):
+        derive_signals([("q", None, None)])  # type: ignore[list-item]
+
+
+def test_derive_signals_warm_cost(simulated: list[tuple[str, str, str]]) -> None:
+    derive_signals(simulated)  # every sentence of these rows is now cached
+    started = time.perf_counter()
+    derive_signals(simulated)
+    mean_us = (time.perf_counter() - started) / len(simulated) * 1e6
+    print(f"derive_signals, warm cache: {mean_us:.0f} us per response")
+    assert mean_us < 2000  # about 0.2 ms on an idle core: the phrase lists plus the sentence split

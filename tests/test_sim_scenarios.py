@@ -245,9 +245,10 @@ def test_s2_rated_flattering_turns_get_a_quick_thumb_and_a_lower_later_verdict()
     verdicts = [t.ratings[1] for t in flattering]
     assert {kind for _, kind, _ in quick} == {"thumbs"}
     assert {kind for _, kind, _ in verdicts} == {"stars", "score"}
-    assert np.mean([v[0] > q[0] for q, v in zip(quick, verdicts)]) == 1.0
+    assert np.mean([v[0] > q[0] for q, v in zip(quick, verdicts, strict=True)]) == 1.0
     # Delayed by about half an hour on average (exponential, mean 1800 s).
-    assert np.mean([(v[0] - q[0]).total_seconds() for q, v in zip(quick, verdicts)]) == pytest.approx(1800, rel=0.15)
+    delays = [(v[0] - q[0]).total_seconds() for q, v in zip(quick, verdicts, strict=True)]
+    assert np.mean(delays) == pytest.approx(1800, rel=0.15)
     # Quality + 0.15 now, quality - 0.1 later.
     assert np.mean([s for _, _, s in quick]) - np.mean([s for _, _, s in verdicts]) == pytest.approx(0.25, abs=0.06)
 
@@ -335,7 +336,7 @@ def test_risk_metadata_rate_labels_that_share_of_turns_and_leaves_the_traffic_al
     labelled = TrafficSimulator(seed=5, risk_metadata_rate=0.3).conversations(4000)
     assert [m.truth for m in labelled] == [m.truth for m in plain]
     events = [parse_conversation(m.value) for m in labelled if m.kind == "conversation"]
-    with_risk = [(e, m.truth) for e, m in zip(events, (m for m in labelled if m.kind == "conversation"))
+    with_risk = [(e, m.truth) for e, m in zip(events, (m for m in labelled if m.kind == "conversation"), strict=True)
                  if e.metadata is not None]
     assert len(with_risk) / len(events) == pytest.approx(0.3, abs=0.03)
     assert all(e.metadata.prompt_risk == ("harmful" if truth.harmful_prompt else "safe") for e, truth in with_risk)

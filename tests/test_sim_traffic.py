@@ -9,7 +9,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from monitor.events import ConversationEvent, RatingEvent, parse_conversation, parse_rating
-from monitor.sim import SimulatedMessage, TrafficSimulator
+from monitor.sim import SimulatedMessage, TrafficSimulator, banks, paraphrases
+from monitor.sim.scenarios import Scenario
 from monitor.sim.traffic import DEFAULT_START, DOMAINS
 
 HARMFUL_MARKERS = ("doesn't get flagged", "reporting threshold", "without getting caught", "passes your KYC",
@@ -114,6 +115,19 @@ def test_rating_kinds_are_mixed_with_thumbs_most_common(parsed: list) -> None:
     assert any(r.comment for r in _ratings(parsed))
 
 
+@pytest.mark.parametrize("kinds", [("stars",), ("thumbs", "score")])
+def test_rating_kinds_can_be_restricted(kinds: tuple[str, ...]) -> None:
+    ratings = _ratings([_parse(m) for m in TrafficSimulator(seed=3, rating_kinds=kinds).conversations(600)])
+    assert {r.rating.kind for r in ratings} == set(kinds) and len(ratings) > 150
+    # The default is the full mix, unchanged: the same seed gives the same bytes with or without it spelled out.
+    assert (TrafficSimulator(seed=3).conversations(300)
+            == TrafficSimulator(seed=3, rating_kinds=("thumbs", "stars", "score")).conversations(300))
+    with pytest.raises(ValueError, match="rating_kinds must be a non-empty sequence of distinct kinds"):
+        TrafficSimulator(rating_kinds=("likes",))
+    with pytest.raises(ValueError, match="rating_kinds must be"):
+        TrafficSimulator(rating_kinds="stars")
+
+
 def test_some_ratings_are_emitted_before_their_turn() -> None:
     stream = TrafficSimulator(seed=4, early_rating_rate=0.1).conversations(3000)
     turn_at = {(m.key, _parse(m).turn): (i, m.at) for i, m in enumerate(stream) if m.kind == "conversation"}
@@ -147,7 +161,7 @@ def test_multi_turn_conversations_grow_their_history(parsed: list) -> None:
     assert any(len(events) == 3 for events in multi)
     for events in multi:
         assert [e.turn for e in events] == list(range(len(events)))
-        for earlier, later in zip(events, events[1:]):
+        for earlier, later in zip(events, events[1:], strict=False):
             assert later.messages[: len(earlier.messages)] == earlier.messages
             assert len(later.messages) == len(earlier.messages) + 2
             assert later.ts > earlier.ts
@@ -236,6 +250,7 @@ def test_generating_many_turns_is_fast() -> None:
         ({"start": datetime(2026, 1, 1)}, "timezone-aware"),
         ({"model_version": ""}, "model_version must be a string of 1 to 128"),
         ({"seed": 1.5}, "seed must be an int"),
+        ({"phrasing": "poetry"}, "phrasing must be one of bank, paraphrase"),
     ],
 )
 def test_bad_constructor_arguments_raise(kwargs: dict, match: str) -> None:
@@ -254,3 +269,41 @@ def test_bad_conversations_arguments_raise() -> None:
         TrafficSimulator().conversations(-1)
     with pytest.raises(ValueError, match="rate must be"):
         TrafficSimulator().conversations(10, rate=0)
+
+
+# -- phrasing="paraphrase": the same traffic, its style phrases in other words -------------------------
+def _bank_style_phrases() -> list[str]:
+    overpromises = [bank.overpromise for bank in banks._BANK.values()]
+    return [*banks._FLATTERY, *banks._HEDGES, *banks._REFUSALS, *banks._OVER_REFUSALS, *banks._CONFIDENT,
+            *overpromises, *(bank.overpromise for _, bank in banks._SHIFTED_TOPICS)]
+
+
+@pytest.mark.parametrize("name", ["S2", "S4", "S7"])
+def test_paraphrase_phrasing_changes_only_the_words(name: str) -> None:
+    scenario = Scenario(name, onset_s=30.0)
+    bank = TrafficSimulator(seed=9, scenario=scenario).conversations(1500)
+    reworded = TrafficSimulator(seed=9, scenario=scenario, phrasing="paraphrase").conversations(1500)
+    assert [(m.kind, m.key, m.at, m.truth) for m in bank] == [(m.kind, m.key, m.at, m.truth) for m in reworded]
+    assert [m.value for m in bank if m.kind == "rating"] == [m.value for m in reworded if m.kind == "rating"]
+    bank_phrases = _bank_style_phrases()
+    written = {p for group in (paraphrases._FLATTERY, paraphrases._HEDGES, paraphrases._REFUSALS,
+                               paraphrases._OVER_REFUSALS, paraphrases._CONFIDENT) for p in group}
+    written |= {p for variants in paraphrases._OVERPROMISES.values() for p in variants}
+    seen: set[str] = set()
+    changed = 0
+    for before, after in zip(bank, reworded, strict=True):
+        if before.kind != "conversation":
+            continue
+        old, new = parse_conversation(before.value), parse_conversation(after.value)
+        assert old.reward == new.reward and old.segment == new.segment and old.prompt == new.prompt
+        assert not any(phrase in new.response for phrase in bank_phrases), new.response
+        if any(phrase in old.response for phrase in bank_phrases):
+            changed += 1
+            assert new.response != old.response
+        else:
+            assert new.response == old.response
+        seen |= {phrase for phrase in written if phrase in new.response}
+    assert changed > 100
+    # Each scenario's own style shows up in its new words.
+    expected = {"S2": paraphrases._FLATTERY, "S4": paraphrases._OVER_REFUSALS, "S7": paraphrases._CONFIDENT}[name]
+    assert set(expected) <= seen

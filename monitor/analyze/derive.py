@@ -1,5 +1,8 @@
 """Derive each turn's reward-hacking signals and prompt risk, once, off the ingest path.
 
+Signals come from :func:`monitor.signals.derive_signals`: the lexical features plus the MiniLM
+sentence classifiers for sycophancy, hedging, overpromise and refusal, in batches.
+
 The analyzer calls :func:`fill_signals` at the start of every run. Each chunk is read, computed
 and written in a transaction of its own, so ingest never waits behind more than one chunk and a
 run that dies halfway keeps what it derived.
@@ -12,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from sqlalchemy.orm import Session, sessionmaker
 
 from monitor.risk import is_harmful
-from monitor.signals import DEFAULT_COMPLIANCE, response_signals
+from monitor.signals import DEFAULT_COMPLIANCE, derive_signals
 from monitor.store.analysis import store_signals, turns_without_signals
 
 #: Turns whose signals are derived per transaction (select, compute, update).
@@ -36,9 +39,9 @@ def fill_signals(sessions: sessionmaker[Session], *, required_language: Mapping[
             if not rows:
                 return filled
             updates = []
-            for row in rows:
-                values: dict[str, object] = dict(response_signals(row.prompt, row.response, domain=row.domain,
-                                                                  compliance=compliance).as_columns())
+            derived = derive_signals([(row.prompt, row.response, row.domain) for row in rows], compliance=compliance)
+            for row, signals in zip(rows, derived, strict=True):
+                values: dict[str, object] = dict(signals.as_columns())
                 if row.prompt_harmful is None:
                     values.update(prompt_harmful=is_harmful(row.prompt), prompt_risk_source="classifier")
                 else:  # the producer's verdict stays (every parameter set names the same columns)

@@ -3,6 +3,8 @@
 Residuals are not Gaussian (thumbs ratings make them a mixture of two-point distributions), so the
 textbook Gaussian tables do not apply; the threshold is calibrated on the segment's own reference
 residuals by an i.i.d. bootstrap instead, and checked against Siegmund's Gaussian approximation.
+Residuals of neighbouring turns need not be independent (one user rates several turns in a row):
+``dependence_lags`` widens the bootstrap by their long-run variance (:func:`long_run_variance_ratio`).
 
 >>> import numpy as np
 >>> reference = np.random.default_rng(1).normal(size=1000)
@@ -110,7 +112,37 @@ def _alarm_rate(h: float, curves: list[tuple[np.ndarray, np.ndarray]], horizon: 
     return alarms / exposure
 
 
-def _gaussian_h(k: float, arl0: float, *, two_sided: bool, n: float = math.inf, kurtosis: float = 3.0) -> float:
+def long_run_variance_ratio(values: np.ndarray, lags: int) -> float:
+    """How much more a sum of these values in their order varies than a sum of independent ones.
+
+    ``1 + 2 sum_{j=1..lags} (1 - j / (lags + 1)) rho_j`` (the Bartlett-kernel, Newey-West
+    estimate, Newey & West 1987), ``rho_j`` the lag-``j`` sample autocorrelation, divided by
+    ``1 - lags / n``: autocorrelations around the sample's own mean come out low by about the
+    variance of that mean, which over the kernel's ``lags + 1`` weights is ``lags / n`` of the
+    ratio (8% at 16 lags of 200 values). 1 for ``lags = 0``; ``lags`` at most a quarter of the
+    values. Never below 1: ratings are not negatively dependent in practice, and a low estimate
+    is noise that would lower the threshold of exactly the segments whose references happened to
+    look calm.
+
+    Each value four times in a row (a ratio of 4; the kernel's weights make it 3.7 at 16 lags):
+
+    >>> round(long_run_variance_ratio(np.repeat(np.random.default_rng(0).normal(size=500), 4), 16), 1)
+    3.5
+    """
+    z = np.asarray(values, dtype=float)
+    z = z - z.mean()
+    variance = float(z @ z)
+    lags = min(int(lags), len(z) // 4)
+    if lags < 1 or variance == 0.0:
+        return 1.0
+    autocorrelation = np.array([z[:-j] @ z[j:] for j in range(1, lags + 1)]) / variance
+    weights = 1.0 - np.arange(1, lags + 1) / (lags + 1)
+    ratio = (1.0 + 2.0 * float(weights @ autocorrelation)) / (1.0 - lags / len(z))
+    return max(1.0, ratio)
+
+
+def _gaussian_h(k: float, arl0: float, *, two_sided: bool, n: float = math.inf, kurtosis: float = 3.0,
+                dependence: float = 1.0) -> float:
     """Siegmund's ``h`` for in-control ARL ``arl0``, averaged over the error of an ``n``-value reference.
 
     The chart's mean and sd are frozen from the reference, so in production the in-control stream
@@ -119,7 +151,16 @@ def _gaussian_h(k: float, arl0: float, *, two_sided: bool, n: float = math.inf, 
     Each side's rate is convex in ``delta``, so an offset costs one side more than it saves the
     other: the *average* rate goes up (x1.8 measured on thumbs residuals at n = 500, k = 0.25).
     Averaged by Gauss-Hermite quadrature; ``n = inf`` is the plain Gaussian threshold.
+
+    ``dependence`` is the long-run variance ratio ``tau^2`` of the values
+    (:func:`long_run_variance_ratio`): their partial sums, which are all a CUSUM sees, move like
+    those of independent values with SD ``tau``, and the reference's mean is off by
+    ``N(0, tau^2 / n)``. So the chart is that of unit-variance values with ``(k / tau, h / tau)``
+    and an offset of ``N(0, 1/n)``: the ``h`` returned is ``tau`` times that chart's.
     """
+    tau = math.sqrt(dependence)
+    if tau != 1.0:
+        return tau * _gaussian_h(k / tau, arl0, two_sided=two_sided, n=n, kurtosis=kurtosis)
     nodes, weights = np.polynomial.hermite_e.hermegauss(24)
     weights = weights / weights.sum()
     scale_nodes, scale_weights = np.polynomial.hermite_e.hermegauss(8)
@@ -153,17 +194,25 @@ def calibrate_threshold(
     two_sided: bool = True,
     reference_error: bool = True,
     margin: float = ARL_MARGIN,
+    dependence_lags: int = 0,
 ) -> float:
     """The smallest ``h`` whose in-control false-alarm rate is at most one per ``arl0`` values.
 
     ``reference`` holds standardised residuals of the reference window (re-standardised here with
-    its own mean and sd). The rate is estimated on ``chains`` i.i.d. bootstrap streams of
-    ``horizon`` values (default ``2 * margin * arl0``), deterministic per ``seed``, for a run length
-    of ``margin * arl0``. ``two_sided``: alarms of both sides count (as
+    its own mean and sd). The rate is estimated on ``chains`` bootstrap streams of ``horizon``
+    values (default ``2 * margin * arl0``), deterministic per ``seed``, for a run length of
+    ``margin * arl0``. ``two_sided``: alarms of both sides count (as
     :class:`~monitor.analyze.cusum.Cusum` raises them); False: each side alone meets the budget
     (the worse side decides). ``reference_error``: also budget for the chart's mean/sd being
     frozen from these same ``len(reference)`` values (see ``_gaussian_h``); ``margin``: the safety
     factor on ``arl0`` explained below. About 0.2 s for the defaults.
+
+    ``dependence_lags``: 0 takes the residuals for independent; more reads ``reference`` in serving
+    order and allows for dependence between values up to that many apart (a user rating several
+    turns in a row): the CUSUM's sums of such values wander further, as if the values' SD were
+    ``tau = sqrt(long_run_variance_ratio(reference, dependence_lags))``, so the bootstrap draws
+    ``tau * z`` (its partial sums then vary as the stream's do) and the reference error is that
+    of a mean of dependent values (see ``_gaussian_h``).
     """
     _check_k_arl0(k, arl0)
     values = np.asarray(reference, dtype=float)
@@ -178,6 +227,8 @@ def calibrate_threshold(
         raise ValueError(f"chains must be >= 1, got {chains!r}")
     if not (math.isfinite(margin) and margin >= 1):
         raise ValueError(f"margin must be a number >= 1 (a factor on arl0), got {margin!r}")
+    if isinstance(dependence_lags, bool) or not isinstance(dependence_lags, (int, np.integer)) or dependence_lags < 0:
+        raise ValueError(f"dependence_lags must be an int >= 0 (0: independent residuals), got {dependence_lags!r}")
     # Safety margin. The bootstrap never draws a value beyond the reference's extremes, nor the rare
     # runs of same-sign residuals a longer sample would show, so it underestimates the in-control
     # rate (by about 5% on thumbs residuals, n = 200 to 2,000: docs/detectors.md). Calibrating to a
@@ -188,10 +239,11 @@ def calibrate_threshold(
     if horizon < 1:
         raise ValueError(f"horizon must be >= 1, got {horizon!r}")
     z = (values - values.mean()) / sd
+    dependence = long_run_variance_ratio(z, dependence_lags)
     rng = np.random.default_rng(seed)
     thresholds = []
     for side in ("both",) if two_sided else ("up", "down"):
-        curves = _record_curves(z, k, chains, horizon, rng, side)
+        curves = _record_curves(z * math.sqrt(dependence), k, chains, horizon, rng, side)
         # Above the highest record no chain alarms (rate 0): the bracket always closes.
         low, high = 0.0, max(float(record[-1]) for record, _ in curves)
         if high == 0.0:
@@ -207,9 +259,11 @@ def calibrate_threshold(
     if reference_error:
         # The bootstrap draws from the reference and standardises with its exact mean and sd; the
         # chart in production does not have them. What that costs in h comes from Gaussian theory.
-        kurtosis = float(np.mean(z**4))
-        h += _gaussian_h(k, run_length, two_sided=two_sided, n=len(z), kurtosis=kurtosis)
-        h -= _gaussian_h(k, run_length, two_sided=two_sided)
+        # The sd's error grows with the variance of z^2 (kurtosis - 1) and, when neighbours share a
+        # rater, with the dependence of z^2 (a few strict or lenient users over- or under-represented).
+        kurtosis = 1.0 + (float(np.mean(z**4)) - 1.0) * long_run_variance_ratio(z**2, dependence_lags)
+        h += _gaussian_h(k, run_length, two_sided=two_sided, n=len(z), kurtosis=kurtosis, dependence=dependence)
+        h -= _gaussian_h(k, run_length, two_sided=two_sided, dependence=dependence)
     return float(h)
 
 

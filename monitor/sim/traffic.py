@@ -30,19 +30,41 @@ import random
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Literal, TypeVar
 
 from monitor.events import CONVERSATION_SCHEMA, RATING_SCHEMA, ConversationEvent, Message, RatingEvent, Segment, to_wire
+from monitor.sim import paraphrases
+
 # The banks' names stay importable from here too: the demo reward model trains on the same text.
-from monitor.sim.banks import (_AMOUNT_FORMATS, _BANK, _COMMENTS, _COMPLIANCE, _CONFIDENT, _DEFAULT_DISCLAIMER,
-                               _DISCLAIMERS, _FILLER, _FLATTERY, _FOLLOW_UPS, _HARMFUL, _HEDGES, _MERCHANTS,
-                               _OVER_REFUSALS, _PAYEES, _REFUSALS, _SHIFTED_TOPICS, _SYSTEM, CHANNELS, DOMAINS, LOCALES,
-                               _DomainBank)
+from monitor.sim.banks import (
+    _AMOUNT_FORMATS,
+    _BANK,
+    _COMMENTS,
+    _COMPLIANCE,
+    _CONFIDENT,
+    _DEFAULT_DISCLAIMER,
+    _DISCLAIMERS,
+    _FILLER,
+    _FLATTERY,
+    _FOLLOW_UPS,
+    _HARMFUL,
+    _HEDGES,
+    _MERCHANTS,
+    _OVER_REFUSALS,
+    _PAYEES,
+    _REFUSALS,
+    _SHIFTED_TOPICS,
+    _SYSTEM,
+    CHANNELS,
+    DOMAINS,
+    LOCALES,
+    _DomainBank,
+)
 from monitor.sim.scenarios import Scenario, TurnKnobs, conversation_mix, turn_knobs
 from monitor.sim.truth import GroundTruth, hacked_modes
 
-DEFAULT_START = datetime(2026, 11, 27, 10, 0, 0, tzinfo=timezone.utc)
+DEFAULT_START = datetime(2026, 11, 27, 10, 0, 0, tzinfo=UTC)
 HARMFUL_SHARE = 0.03
 _HARMFUL_BY_DOMAIN = {domain: tuple(prompt for d, prompt in _HARMFUL if d == domain) for domain in DOMAINS}
 # Per-domain rates that make HARMFUL_SHARE of all conversations harmful under the uniform domain
@@ -51,6 +73,8 @@ _HARMFUL_RATE = {domain: HARMFUL_SHARE * len(DOMAINS) * len(prompts) / len(_HARM
                  for domain, prompts in _HARMFUL_BY_DOMAIN.items()}
 NULL_REWARD_SHARE = 0.05
 RATING_KINDS = (("thumbs", 0.7), ("stars", 0.2), ("score", 0.1))
+#: Wordings of the style phrases: the phrase banks, or paraphrases of them (:mod:`monitor.sim.paraphrases`).
+PHRASINGS = ("bank", "paraphrase")
 
 _T = TypeVar("_T")
 
@@ -105,6 +129,30 @@ class _Response:
     flattery: bool = False
 
 
+@dataclass(frozen=True)
+class _Phrasing:
+    """The style phrases a response is written with (one tuple per style; one draw picks from any)."""
+
+    flattery: tuple[str, ...]
+    hedges: tuple[str, ...]
+    refusals: tuple[str, ...]
+    over_refusals: tuple[str, ...]
+    confident: tuple[str, ...]
+    overpromises: dict[str, tuple[str, ...]] | None  # bank sentence -> paraphrases; None: as in the bank
+
+    def overpromise(self, bank: _DomainBank, rng: random.Random) -> str:
+        if self.overpromises is None:
+            return bank.overpromise
+        return _pick(rng, self.overpromises[bank.overpromise])
+
+
+_PHRASINGS = {
+    "bank": _Phrasing(_FLATTERY, _HEDGES, _REFUSALS, _OVER_REFUSALS, _CONFIDENT, None),
+    "paraphrase": _Phrasing(paraphrases._FLATTERY, paraphrases._HEDGES, paraphrases._REFUSALS,
+                            paraphrases._OVER_REFUSALS, paraphrases._CONFIDENT, paraphrases._OVERPROMISES),
+}
+
+
 class TrafficSimulator:
     """Seeded generator of ``conversation/v1`` and ``rating/v1`` traffic.
 
@@ -115,8 +163,15 @@ class TrafficSimulator:
     the turn (out-of-order delivery; the rating's ``ts`` stays after the turn's). Event ``ts`` is
     ``start + at``. ``scenario`` (default: stationary S0) shifts the traffic from its onset on;
     ``risk_metadata_rate`` of conversation events carry the producer's ``prompt_risk`` verdict
-    (from a separate random stream, so it never changes the traffic itself). Raises
-    ``ValueError`` for arguments outside their documented ranges.
+    (from a separate random stream, so it never changes the traffic itself). ``rating_kinds``
+    (e.g. ``("stars",)``) restricts ratings to those kinds, in the default proportions among
+    them (S2's split flattery ratings keep their own kinds); the default, all kinds, is the
+    mix of :data:`RATING_KINDS`. ``phrasing="paraphrase"`` writes the flattering openers, hedges,
+    overpromises, refusals, S4 over-refusals and S7 confident phrasing with the paraphrase banks
+    (:mod:`monitor.sim.paraphrases`) instead of the phrase banks: every random draw stays the same
+    (the paraphrase of an overpromise is picked from a stream of its own), so the turns, their hidden
+    truth, rewards and ratings are those of ``"bank"`` traffic of the same seed, in other words.
+    Raises ``ValueError`` for arguments outside their documented ranges.
     """
 
     def __init__(
@@ -130,6 +185,8 @@ class TrafficSimulator:
         model_version: str = "assistant-2026-11-20",
         scenario: Scenario | None = None,
         risk_metadata_rate: float = 0.0,
+        rating_kinds: Sequence[str] | None = None,
+        phrasing: str = "bank",
     ) -> None:
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise ValueError(f"seed must be an int, got {seed!r}")
@@ -144,11 +201,15 @@ class TrafficSimulator:
             raise ValueError(f"model_version must be a string of 1 to 128 characters, got {model_version!r}")
         if scenario is not None and not isinstance(scenario, Scenario):
             raise ValueError(f"scenario must be a Scenario or None, got {scenario!r}")
+        self._rating_kinds = RATING_KINDS if rating_kinds is None else _rating_kind_weights(rating_kinds)
+        if phrasing not in PHRASINGS:
+            raise ValueError(f"phrasing must be one of {', '.join(PHRASINGS)}, got {phrasing!r}")
+        self.phrasing = phrasing
         self.seed = seed
         self.rating_rate = rating_rate
         self.early_rating_rate = early_rating_rate
         self.mean_rating_delay_s = mean_rating_delay_s
-        self.start = DEFAULT_START if start is None else start.astimezone(timezone.utc)
+        self.start = DEFAULT_START if start is None else start.astimezone(UTC)
         self.model_version = model_version
         self.scenario = scenario
         self.risk_metadata_rate = risk_metadata_rate
@@ -174,6 +235,7 @@ class TrafficSimulator:
         rng = random.Random(self.seed)
         # Its own stream: switching metadata on or off leaves every other byte of the traffic as is.
         metadata_rng = random.Random(f"prompt-risk-{self.seed}")
+        phrasing_rng = random.Random(f"phrasing-{self.seed}")  # likewise: paraphrases move no other draw
         pending: list[tuple[float, int, SimulatedMessage]] = []  # min-heap on (at, generation order)
         follow_ups: list[tuple[float, int, _Conversation]] = []  # min-heap on the time the user is ready
         order = itertools.count()
@@ -188,7 +250,7 @@ class TrafficSimulator:
                 conversation = heapq.heappop(follow_ups)[2]
             else:
                 conversation = self._new_conversation(rng, at)
-            for message in self._turn(rng, metadata_rng, conversation, at):
+            for message in self._turn(rng, metadata_rng, phrasing_rng, conversation, at):
                 heapq.heappush(pending, (message.at, next(order), message))
             if conversation.turn < conversation.planned_turns:
                 ready = at + 3.0 + rng.expovariate(1.0 / _MEAN_THINK_S)
@@ -222,19 +284,20 @@ class TrafficSimulator:
         conversation.history.append(Message(role="system", content=_SYSTEM.format(locale=locale)))
         return conversation
 
-    def _turn(self, rng: random.Random, metadata_rng: random.Random, conversation: _Conversation,
-              at: float) -> list[SimulatedMessage]:
+    def _turn(self, rng: random.Random, metadata_rng: random.Random, phrasing_rng: random.Random,
+              conversation: _Conversation, at: float) -> list[SimulatedMessage]:
         domain = conversation.segment.domain
         knobs = turn_knobs(self.scenario, at, domain)
         if conversation.harmful_prompt:
             prompt = conversation.harmful_prompt
-            response = _harmful_response(rng, knobs)
+            response = _harmful_response(rng, knobs, _PHRASINGS[self.phrasing])
         else:
             if conversation.turn == 0:
                 prompt, answer = _pick(rng, conversation.bank.prompts)
             else:
                 prompt, answer = _pick(rng, _FOLLOW_UPS), _pick(rng, conversation.bank.details)
-            response = _response(rng, domain, conversation.bank, answer, knobs)
+            response = _response(rng, domain, conversation.bank, answer, knobs, _PHRASINGS[self.phrasing],
+                                 phrasing_rng)
         if "{" in prompt:
             prompt = prompt.format(
                 amount=_AMOUNT_FORMATS[conversation.locale].format(_pick(rng, (40, 250, 1250, 8000))),
@@ -287,7 +350,7 @@ class TrafficSimulator:
                 ts: datetime, kind: str | None = None) -> bytes:
         satisfaction = _clamp(quality + rng.gauss(0.0, 0.15))
         if kind is None:
-            kind = _weighted(rng, RATING_KINDS)
+            kind = _weighted(rng, self._rating_kinds)
         if kind == "thumbs":
             value: float = int(rng.random() < satisfaction)
             happy = value == 1
@@ -309,12 +372,13 @@ class TrafficSimulator:
         return to_wire(event)
 
 
-def _response(rng: random.Random, domain: str, bank: _DomainBank, answer: str, knobs: TurnKnobs) -> _Response:
+def _response(rng: random.Random, domain: str, bank: _DomainBank, answer: str, knobs: TurnKnobs,
+              phrasing: _Phrasing = _PHRASINGS["bank"], phrasing_rng: random.Random | None = None) -> _Response:
     """A combinatorial answer: its style features set both the hidden quality and the biased reward."""
     # Drawn for every safe turn, refusing or not, so the draws before a scenario's onset match S0's.
     if rng.random() < knobs.p_over_refusal:
         # The RM takes refusing for the safe choice; the user just did not get help.
-        return _Response(_pick(rng, _OVER_REFUSALS), 0.1, _reward(rng, 0.65, knobs), ("refused", "unhelpful"),
+        return _Response(_pick(rng, phrasing.over_refusals), 0.1, _reward(rng, 0.65, knobs), ("refused", "unhelpful"),
                          modes=("over-refusal",), refused=True)
     wrong = rng.random() < knobs.p_wrong
     length = _weighted(rng, knobs.length_weights)
@@ -327,14 +391,14 @@ def _response(rng: random.Random, domain: str, bank: _DomainBank, answer: str, k
     core = _pick(rng, bank.wrong) if wrong else answer
     if confident:
         hedge = False
-        core = f"{_pick(rng, _CONFIDENT)} {core}"
+        core = f"{_pick(rng, phrasing.confident)} {core}"
     elif hedge:
-        core = f"{_pick(rng, _HEDGES)} {core[0].lower()}{core[1:]}"
+        core = f"{_pick(rng, phrasing.hedges)} {core[0].lower()}{core[1:]}"
     if markdown:
         core = f"**{core}**"
     details = list(bank.details[: {"short": 0, "medium": 1, "long": 3}[length]])
-    opening = [_pick(rng, _FLATTERY)] if flattery else []
-    extras = [bank.overpromise] if overpromise else []
+    opening = [_pick(rng, phrasing.flattery)] if flattery else []
+    extras = [phrasing.overpromise(bank, phrasing_rng or rng)] if overpromise else []
     extras += [_DISCLAIMERS.get(domain, _DEFAULT_DISCLAIMER)] if disclaimer else []
     if length == "long":
         opening.append(_FILLER[0])
@@ -366,10 +430,10 @@ def _response(rng: random.Random, domain: str, bank: _DomainBank, answer: str, k
                      flattery=flattery)
 
 
-def _harmful_response(rng: random.Random, knobs: TurnKnobs) -> _Response:
+def _harmful_response(rng: random.Random, knobs: TurnKnobs, phrasing: _Phrasing = _PHRASINGS["bank"]) -> _Response:
     if rng.random() < 0.6:
         # Refusing is right, but the requester is rarely pleased about it.
-        return _Response(_pick(rng, _REFUSALS), 0.2, _reward(rng, 0.7, knobs), ("refused",), refused=True)
+        return _Response(_pick(rng, phrasing.refusals), 0.2, _reward(rng, 0.7, knobs), ("refused",), refused=True)
     # Compliance pleases the requester and the reward model only half notices: a blind spot.
     return _Response(_COMPLIANCE, 0.75, _reward(rng, 0.6, knobs), ("unhelpful",))
 
@@ -387,6 +451,16 @@ def _uuid(rng: random.Random) -> uuid.UUID:
 def _pick(rng: random.Random, options: Sequence[_T]) -> _T:
     # Cheaper than rng.choice, which is the hot spot when generating tens of thousands of turns.
     return options[int(rng.random() * len(options))]
+
+
+def _rating_kind_weights(kinds: Sequence[str]) -> tuple[tuple[str, float], ...]:
+    """The default mix of rating kinds restricted to ``kinds``, renormalised."""
+    known = dict(RATING_KINDS)
+    if isinstance(kinds, str) or not kinds or any(kind not in known for kind in kinds) or len(set(kinds)) < len(kinds):
+        raise ValueError(f"rating_kinds must be a non-empty sequence of distinct kinds from {', '.join(known)}, "
+                         f"got {kinds!r}")
+    total = sum(known[kind] for kind in kinds)
+    return tuple((kind, known[kind] / total) for kind in kinds)
 
 
 def _weighted(rng: random.Random, options: tuple[tuple[_T, float], ...]) -> _T:
