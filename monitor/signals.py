@@ -305,11 +305,16 @@ def derive_signals(
     response of at most 40 tokens. The other five signals are exactly those of :func:`response_signals`.
 
     ``classifier`` defaults to :func:`~monitor.style_model.shared_classifier` (loaded once per
-    process). Sentences are scored in batches and each distinct sentence once per process (LRU).
+    process, about 6-10 s). Sentences are scored in batches and each distinct sentence once per
+    process (LRU): about 30 ms per new sentence on a 2-core CPU, then about 0.1 ms per response on
+    top of :func:`response_signals` (docs/signals.md).
     Raises ``ValueError`` as :func:`response_signals` does, and
     :class:`~monitor.errors.ConfigError` when the encoder or the heads cannot be loaded.
     """
-    from monitor.style_model import shared_classifier, split_sentences
+    from monitor.style_model import STYLE_LABELS, shared_classifier, split_sentences
+
+    syc, hedge, over, refusal = (STYLE_LABELS.index(name)
+                                 for name in ("sycophancy", "hedging", "overpromise", "refusal"))
 
     rules = _rules_for(compliance)
     rows = list(rows)  # read twice below
@@ -327,10 +332,10 @@ def derive_signals(
         opening = flagged[start:stop] if base.length_tokens <= _SHORT_RESPONSE_TOKENS else flagged[start:start + 2]
         out.append(replace(
             base,
-            sycophancy=base.sycophancy + float(extra[0]),
-            hedging=base.hedging + float(extra[1]),
-            overpromise=base.overpromise + float(extra[2]),
-            refusal=1.0 if base.refusal or opening[:, 3].any() else 0.0,
+            sycophancy=base.sycophancy + float(extra[syc]),
+            hedging=base.hedging + float(extra[hedge]),
+            overpromise=base.overpromise + float(extra[over]),
+            refusal=1.0 if base.refusal or opening[:, refusal].any() else 0.0,
         ))
         start = stop
     return out

@@ -3,8 +3,8 @@
 Signals come from :func:`monitor.signals.derive_signals`: the lexical features plus the MiniLM
 sentence classifiers for sycophancy, hedging, overpromise and refusal, in batches.
 
-The analyzer calls :func:`fill_signals` at the start of every run. Each chunk is read, computed
-and written in a transaction of its own, so ingest never waits behind more than one chunk and a
+The analyzer calls :func:`fill_signals` at the start of every run. Each chunk is read in one short
+transaction, computed with none open, and written in another, so ingest never waits behind it and a
 run that dies halfway keeps what it derived.
 """
 
@@ -32,21 +32,26 @@ def fill_signals(sessions: sessionmaker[Session], *, required_language: Mapping[
     filled = 0
     while limit is None or filled < limit:
         size = chunk if limit is None else min(chunk, limit - filled)
+        # Read, derive with no transaction open (new text can take a while through the
+        # classifiers), then write: only the analyzer sets these columns, under its lock.
         with sessions.begin() as session:
             if prepare:
                 prepare(session)
             rows = turns_without_signals(session, size)
-            if not rows:
-                return filled
-            updates = []
-            derived = derive_signals([(row.prompt, row.response, row.domain) for row in rows], compliance=compliance)
-            for row, signals in zip(rows, derived, strict=True):
-                values: dict[str, object] = dict(signals.as_columns())
-                if row.prompt_harmful is None:
-                    values.update(prompt_harmful=is_harmful(row.prompt), prompt_risk_source="classifier")
-                else:  # the producer's verdict stays (every parameter set names the same columns)
-                    values.update(prompt_harmful=row.prompt_harmful, prompt_risk_source=row.prompt_risk_source)
-                updates.append({"turn_id": row.id, **values})
+        if not rows:
+            return filled
+        updates = []
+        derived = derive_signals([(row.prompt, row.response, row.domain) for row in rows], compliance=compliance)
+        for row, signals in zip(rows, derived, strict=True):
+            values: dict[str, object] = dict(signals.as_columns())
+            if row.prompt_harmful is None:
+                values.update(prompt_harmful=is_harmful(row.prompt), prompt_risk_source="classifier")
+            else:  # the producer's verdict stays (every parameter set names the same columns)
+                values.update(prompt_harmful=row.prompt_harmful, prompt_risk_source=row.prompt_risk_source)
+            updates.append({"turn_id": row.id, **values})
+        with sessions.begin() as session:
+            if prepare:
+                prepare(session)
             store_signals(session, updates)
         filled += len(rows)
         if progress:
