@@ -41,7 +41,8 @@ _TURN_COLUMNS = ("event_id", "conversation_id", "turn", "ts", "model_version", "
                  "satisfaction", "rating_count", "rated_at", *SIGNAL_COLUMNS, "prompt_harmful",
                  "prompt_risk_source", "source_topic", "source_partition", "source_offset", "ingested_at")
 _RATING_COLUMNS = ("event_id", "conversation_id", "turn", "ts", "kind", "value", "satisfaction", "reasons",
-                   "comment", "joined", "source_topic", "source_partition", "source_offset", "ingested_at")
+                   "comment", "joined", "source_topic", "source_partition", "source_offset", "ingested_at",
+                   "entry_at")
 _NULL = r"\N"
 _MESSAGES = '[{"role": "assistant", "content": "(bench)"}]'  # tiny: the analyzer never reads it
 _PARTITIONS = 3
@@ -140,20 +141,18 @@ class SyntheticTurns:
         start = np.datetime64(round(self.start.timestamp() * 1e6), "us")
         ratings = 0
         with psycopg.connect(url) as connection:
-            entry_columns = _entry_columns(connection)
             for offset in range(0, count, CHUNK):
                 size = min(CHUNK, count - offset)
-                ratings += self._copy_chunk(connection, rng, start, first + offset, size, derived, entry_columns)
+                ratings += self._copy_chunk(connection, rng, start, first + offset, size, derived)
                 connection.commit()
                 if progress:
                     progress(offset + size)
         return ratings
 
     def _copy_chunk(self, connection: psycopg.Connection, rng: np.random.Generator, start: np.datetime64,
-                    first: int, size: int, derived: bool, entry_columns: tuple[bool, bool]) -> int:
+                    first: int, size: int, derived: bool) -> int:
         templates = self._templates
         assert templates is not None
-        turn_entry, rating_entry = entry_columns
         index = np.arange(first, first + size)
         seconds = index / self.rate
         picks = (index % len(templates)).tolist()  # so `pool` consecutive turns are all distinct
@@ -170,32 +169,20 @@ class SyntheticTurns:
             if rated[k]:
                 # The rating comes after its turn, so its own ts is its entry time.
                 rating = f"{t.satisfaction}\t1\t{rated_ts[k]}"
-                entered = rated_ts[k]
                 rating_lines.append(f"{_uuid(self._rating_ids, i)}\t{conversation}\t0\t{rated_ts[k]}\tscore\t"
                                     f"{t.satisfaction}\t{t.satisfaction}\t[]\t{_NULL}\tt\tratings\t{partition}\t"
-                                    f"{source_offset}\t{rated_ts[k]}" + (f"\t{entered}\n" if rating_entry else "\n"))
+                                    f"{source_offset}\t{rated_ts[k]}\t{rated_ts[k]}\n")
             else:
-                rating, entered = f"{_NULL}\t0\t{_NULL}", _NULL
+                rating = f"{_NULL}\t0\t{_NULL}"
             derived_values = f"{t.signals}\t{t.harmful}\tclassifier" if derived else unknown
             turns.append(f"{_uuid(self._turn_ids, i)}\t{conversation}\t0\t{ts[k]}\t{MODEL_VERSION}\t{t.domain}\t"
                          f"{t.locale}\t{t.channel}\t{_MESSAGES}\t{t.prompt}\t{t.response}\t{t.reward}\t"
                          f"{t.reward}\t{SCORER}\tf\t{rating}\t{derived_values}\tconversations\t{partition}\t"
-                         f"{source_offset}\t{ingested[k]}" + (f"\t{entered}\n" if turn_entry else "\n"))
-        turn_columns = (*_TURN_COLUMNS, "first_rated_at") if turn_entry else _TURN_COLUMNS
-        rating_columns = (*_RATING_COLUMNS, "entry_at") if rating_entry else _RATING_COLUMNS
+                         f"{source_offset}\t{ingested[k]}\n")
         with connection.cursor() as cursor:
-            with cursor.copy(f"COPY turns ({', '.join(turn_columns)}) FROM STDIN") as copy:
+            with cursor.copy(f"COPY turns ({', '.join(_TURN_COLUMNS)}) FROM STDIN") as copy:
                 copy.write("".join(turns))
             if rating_lines:
-                with cursor.copy(f"COPY ratings ({', '.join(rating_columns)}) FROM STDIN") as copy:
+                with cursor.copy(f"COPY ratings ({', '.join(_RATING_COLUMNS)}) FROM STDIN") as copy:
                     copy.write("".join(rating_lines))
         return len(rating_lines)
-
-
-def _entry_columns(connection: psycopg.Connection) -> tuple[bool, bool]:
-    """Whether the schema keeps the analyzer's entry time on turns (``first_rated_at``, up to
-    revision 0004 of the first analyzer) and on ratings (``entry_at``); the loader fills either."""
-    found = {(table, column) for table, column in connection.execute(
-        "SELECT table_name, column_name FROM information_schema.columns "
-        "WHERE table_schema = current_schema() AND table_name IN ('turns', 'ratings')")}
-    return ("turns", "first_rated_at") in found, ("ratings", "entry_at") in found
