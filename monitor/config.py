@@ -85,6 +85,10 @@ class Settings(BaseSettings):
     analyze_interval_seconds: float = Field(
         default=60.0, ge=0, description="How often `serve` runs the analyzer; 0 turns the schedule off."
     )
+    derive_interval_seconds: float = Field(
+        default=2.0, ge=0, description="`serve` derives the signals of new turns continuously, looking for "
+        "more this often once caught up; 0: the analyzer derives them at the start of each run instead.",
+    )
     analyze_reference_labels: int = Field(
         default=500, ge=50,
         description="Rated turns in each reference window: a segment's first ones under each reward model.",

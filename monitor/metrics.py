@@ -103,6 +103,16 @@ class Metrics:
             ["identity"],
             registry=registry,
         )
+        self.signals_derived = Counter(
+            "monitor_signals_derived_total", "Turns whose reward-hacking signals the deriver stored.",
+            registry=registry,
+        )
+        self.signals_derive_duration = Histogram(
+            "monitor_signals_derive_duration_seconds",
+            "Wall time of one pass of the signal deriver (up to 500 turns: read, classify, write).",
+            buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=registry,
+        )
         self.analyze_runs = Counter(
             "monitor_analyze_runs_total", "Analyzer runs, by outcome (ok, error, locked).", ["outcome"],
             registry=registry,

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from monitor.analyze.derive import SignalDeriver
 from monitor.analyze.runner import Analyzer, AnalyzerThread
 from monitor.api.app import create_app
 from monitor.api.context import AppContext
@@ -89,10 +90,15 @@ def run_service(
     api = ApiServer(app, settings.api_host, settings.api_port)
     api.start()
     log.info("API listening", extra={"url": api.url})
-    analyzer = None
+    analyzer = deriver = None
     if settings.analyze_interval_seconds > 0:
+        if settings.derive_interval_seconds > 0:
+            deriver = SignalDeriver(sessions, stop, interval=settings.derive_interval_seconds,
+                                    required_language=settings.required_language, metrics=metrics)
+            deriver.start()
         analyzer = AnalyzerThread(
-            Analyzer(settings, sessions, metrics=metrics), settings.analyze_interval_seconds, stop
+            Analyzer(settings, sessions, metrics=metrics, derive=deriver is None),
+            settings.analyze_interval_seconds, stop,
         )
         analyzer.start()
     if on_api_started:
@@ -121,6 +127,8 @@ def run_service(
         if analyzer is not None:
             stop.set()  # ingest may have ended on its own (no broker); the schedule ends with it
             analyzer.join(timeout=60)
+        if deriver is not None:
+            deriver.join(timeout=60)
         engine.dispose()
         log.info("service stopped")
 

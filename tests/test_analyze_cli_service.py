@@ -81,5 +81,8 @@ def test_serve_runs_the_analyzer_on_its_schedule(topic_settings, tmp_path) -> No
         wait_for(lambda: all(a["published"] for a in firing()), timeout=60, what="alerts published")
         metrics = http.get("/metrics").text
         assert 'monitor_analyze_runs_total{outcome="ok"}' in metrics
+        # The signals came from serve's deriver, not from the analyzer's runs.
+        derived = [line for line in metrics.splitlines() if line.startswith("monitor_signals_derived_total ")]
+        assert derived and float(derived[0].split()[1]) > 0
         assert "monitor_alerts_firing{" in metrics and "monitor_segment_satisfaction_ratio{" in metrics
         assert http.get("/v1/segments").status_code == 200

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 import zlib
 
 import httpx
 import pytest
 from prometheus_client import CollectorRegistry
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 
-from monitor.analyze.derive import fill_signals
+from monitor.analyze import derive
+from monitor.analyze.derive import SignalDeriver, fill_signals
 from monitor.analyze.engine import AnalysisConfig
 from monitor.analyze.runner import Analyzer
 from monitor.api.app import create_app
@@ -23,12 +25,12 @@ from monitor.health import HealthState
 from monitor.metrics import Metrics
 from monitor.scoring.base import ProducerRewardScorer
 from monitor.sim.traffic import TrafficSimulator
-from monitor.store.analysis import prune_runs
+from monitor.store.analysis import earliest_unready_entry, prune_runs
 from monitor.store.db import make_engine, make_session_factory
 from monitor.store.migrate import upgrade
 from monitor.store.models import Alert, AnalysisRun, SegmentState, Turn
 from tests.analysis_data import REFERENCE, s1_traffic, write
-from tests.helpers import read_topic
+from tests.helpers import read_topic, wait_for
 
 
 @pytest.fixture
@@ -220,6 +222,70 @@ def test_old_runs_and_old_report_pages_are_pruned(sessions) -> None:
     assert [r.labelled for r in runs] == [2, 3, 4, 5]
     assert [r.drift_html is not None for r in runs] == [False, False, True, True]
     assert all(r.drift_summary for r in runs)  # summaries are small and stay
+
+
+def pending(sessions) -> int:
+    with sessions() as session:
+        return len(list(session.scalars(select(Turn.id).where(Turn.sig_length_tokens.is_(None)))))
+
+
+def test_the_deriver_keeps_up_with_new_turns_and_outlives_a_failed_pass(sessions, monkeypatch) -> None:
+    simulator = TrafficSimulator(11)
+    write(sessions, simulator.conversations(300))
+    calls = {"n": 0}
+    real = derive.derive_signals
+
+    def failing_once(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("the classifier fell over")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(derive, "derive_signals", failing_once)
+    registry = CollectorRegistry()
+    stop = threading.Event()
+    deriver = SignalDeriver(sessions, stop, interval=0.2, chunk=64, metrics=Metrics(registry))
+    deriver.start()
+    try:
+        wait_for(lambda: pending(sessions) == 0, timeout=60, interval=0.2, what="the first 300 turns derived")
+        write(sessions, simulator.conversations(100))  # new traffic after it caught up
+        wait_for(lambda: pending(sessions) == 0, timeout=60, interval=0.2, what="the next 100 derived")
+    finally:
+        stop.set()
+        deriver.join(timeout=30)
+    assert not deriver.is_alive()
+    assert calls["n"] >= 2  # the failed pass was retried
+    with sessions() as session:
+        total = len(list(session.scalars(select(Turn.id))))
+    assert registry.get_sample_value("monitor_signals_derived_total") == total
+    with pytest.raises(ValueError, match="interval"):
+        SignalDeriver(sessions, stop, interval=0)
+
+
+def test_a_run_that_does_not_derive_stops_before_the_first_rated_turn_without_signals(
+        traffic, sessions, migrated_url, topic_settings) -> None:
+    write(sessions, traffic)
+    settings = analyzer_settings(topic_settings, migrated_url)
+    analyzer = Analyzer(settings, sessions, derive=False)
+    fill_signals(sessions, limit=len(traffic) // 4)  # the deriver is a quarter of the way through
+    partial = analyzer.run_once(publish=False)
+    assert partial.derived == 0 and "derive" not in partial.phases
+    with sessions() as session:
+        unready = earliest_unready_entry(session)
+    assert unready is not None and partial.checkpoint is not None
+    assert partial.checkpoint < unready.replace(tzinfo=partial.checkpoint.tzinfo) and partial.entered > 0
+
+    fill_signals(sessions)  # the deriver catches up; the next run enters the rest
+    rest = analyzer.run_once(publish=False)
+    assert rest.derived == 0 and rest.entered > 0
+    done = [(a.key, a.state, a.started_at) for a in alerts(sessions)]
+
+    with sessions.begin() as session:  # the same traffic analysed by one run that derives
+        session.execute(delete(Alert))
+    Analyzer(settings, sessions).recompute()
+    once = Analyzer(settings, sessions).run_once(publish=False)
+    assert once.entered == partial.entered + rest.entered
+    assert [(a.key, a.state, a.started_at) for a in alerts(sessions)] == done
 
 
 def test_signals_are_derived_once_off_the_ingest_path_and_the_producers_risk_wins(sessions) -> None:

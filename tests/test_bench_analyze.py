@@ -36,13 +36,19 @@ def test_bench_analyze_prints_a_row_per_size_and_drops_its_databases() -> None:
             for match in re.finditer(r"^\s*([\d,]+) \|(.*)$", result.stdout, re.MULTILINE)}
     assert sorted(rows) == list(SIZES), result.stdout
     for values in rows.values():
-        # load, catch-up, warm-up, scheduled, deriving, read, compute, write, its CPU, RSS before, peak RSS
-        load, catch_up, warm_up, scheduled, deriving, read, compute, write, cpu, rss_before, peak = values
-        assert min(load, catch_up, warm_up, scheduled, cpu) > 0
-        assert 0 < deriving <= scheduled and read + compute + write <= scheduled
-        assert 50 < rss_before <= peak < 4096
+        # load, catch-up, warm-up, scheduled, read, compute, write, its CPU, RSS before, peak RSS,
+        # then the deriver's seconds, turns/s, CPU and peak RSS, and its turns/s on varied text
+        (load, catch_up, warm_up, scheduled, read, compute, write, cpu, rss_before, peak,
+         deriving, rate, deriver_cpu, deriver_peak, varied_rate) = values
+        assert min(load, catch_up, warm_up, scheduled, cpu, deriving, deriver_cpu) > 0
+        assert read + compute + write <= scheduled
+        assert rate == pytest.approx(NEW / deriving, rel=0.02, abs=1)
+        assert 0 < varied_rate < rate  # every sentence through the encoder: slower than cached text
+        assert 50 < rss_before <= peak < 4096 and peak < deriver_peak  # the run loads no classifier
     assert re.search(r"scheduled run at 5,000 / at 2,000 stored turns: \d+\.\d\d", result.stdout)
-    assert re.search(r"importing the analyzer: \d+\.\d s, peak RSS \d+ MiB", result.stdout)
+    assert re.search(r"importing the analyzer: \d+\.\d s, peak RSS \d+ MiB \(scipy\)", result.stdout)
+    assert re.search(r"the deriver keeps up with ingest up to about \d+ new turns/s here on simulated text, "
+                     r"\d+ on text whose every sentence is new", result.stdout)
     assert re.search(r"at 5,000 stored turns: \d+\.\d\d s \((meets|MISSES)", result.stdout)
     assert "loading 5,000 turns: 5,000" in result.stderr  # progress lines when not on a terminal
     assert _bench_databases() == before
@@ -56,20 +62,23 @@ def test_bench_analyze_rejects_sizes_that_are_not_numbers() -> None:
 
 
 def _measurement(seconds: float) -> RunMeasurement:
-    return RunMeasurement(seconds=seconds, cpu_seconds=seconds / 2, phases={"derive": seconds / 2, "read": 0.1},
+    return RunMeasurement(seconds=seconds, cpu_seconds=seconds / 2, phases={"read": 0.1},
                           import_seconds=9.0, imported=["torch"], import_peak_mib=420.0, rss_before_mib=430.0,
                           peak_mib=650.0, derived=10_000, entered=3000, turns=36_000, scored=10_000)
 
 
 def test_report_gives_the_flatness_ratio_and_the_verdicts() -> None:
     result = AnalyzeBenchResult(new=10_000, sizes=[
-        SizeResult(100_000, 10.0, _measurement(20.0), _measurement(0.5), _measurement(2.0)),
-        SizeResult(1_000_000, 100.0, _measurement(200.0), _measurement(0.5), _measurement(2.5)),
+        SizeResult(100_000, 10.0, _measurement(20.0), _measurement(0.5), _measurement(2.0), _measurement(20.0),
+                   _measurement(10.0)),
+        SizeResult(1_000_000, 100.0, _measurement(200.0), _measurement(0.5), _measurement(2.5), _measurement(25.0),
+                   _measurement(100.0)),
     ])
     report = result.report()
     assert result.flatness == pytest.approx(1.25)
     assert "scheduled run at 1,000,000 / at 100,000 stored turns: 1.25 (flat: ~1)" in report
     assert "2.50 s (meets the <= 3 s target), peak RSS 650 MiB (MISSES the <= 600 MiB target)" in report
+    assert "keeps up with ingest up to about 400 new turns/s here on simulated text, 100 on text" in report
 
 
 def test_synthetic_turns_need_an_aware_start_and_sane_shares() -> None:

@@ -3,20 +3,30 @@
 Signals come from :func:`monitor.signals.derive_signals`: the lexical features plus the MiniLM
 sentence classifiers for sycophancy, hedging, overpromise and refusal, in batches.
 
-The analyzer calls :func:`fill_signals` at the start of every run. Each chunk is read in one short
-transaction, computed with none open, and written in another, so ingest never waits behind it and a
-run that dies halfway keeps what it derived.
+In ``serve``, :class:`SignalDeriver` calls :func:`fill_signals` continuously, a few seconds behind
+ingest, so the work follows the arrival of turns and the analyzer's scheduled run finds it done
+(the run's checkpoint never passes a rated turn whose signals are missing). With no deriver
+running (``monitor analyze``, or ``MONITOR_DERIVE_INTERVAL_SECONDS=0``) the analyzer calls
+:func:`fill_signals` at the start of its run. Each chunk is read in one short transaction, computed
+with none open, and written in another, so ingest never waits behind it and a deriver that dies
+halfway keeps what it derived.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from monitor.metrics import Metrics
 from monitor.risk import is_harmful
 from monitor.signals import DEFAULT_COMPLIANCE, derive_signals
-from monitor.store.analysis import store_signals, turns_without_signals
+from monitor.store.analysis import bound_waits, store_signals, turns_without_signals
+
+log = logging.getLogger(__name__)
 
 #: Turns whose signals are derived per transaction (select, compute, update).
 FILL_CHUNK = 500
@@ -33,7 +43,7 @@ def fill_signals(sessions: sessionmaker[Session], *, required_language: Mapping[
     while limit is None or filled < limit:
         size = chunk if limit is None else min(chunk, limit - filled)
         # Read, derive with no transaction open (new text can take a while through the
-        # classifiers), then write: only the analyzer sets these columns, under its lock.
+        # classifiers), then write. Two derivers that meet on a turn write the same values.
         with sessions.begin() as session:
             if prepare:
                 prepare(session)
@@ -57,3 +67,35 @@ def fill_signals(sessions: sessionmaker[Session], *, required_language: Mapping[
         if progress:
             progress(filled)
     return filled
+
+
+class SignalDeriver(threading.Thread):
+    """Derives the signals of new turns as they arrive: after each pass that found nothing to do
+    it waits ``interval`` seconds (or until ``stop``); a failed pass is logged and retried, never
+    fatal to the service."""
+
+    def __init__(self, sessions: sessionmaker[Session], stop: threading.Event, *, interval: float,
+                 required_language: Mapping[str, Sequence[str]] | None = None,
+                 prepare: Callable[[Session], None] | None = bound_waits, metrics: Metrics | None = None,
+                 chunk: int = FILL_CHUNK) -> None:
+        super().__init__(name="signal-deriver", daemon=True)
+        if interval <= 0:
+            raise ValueError(f"interval must be > 0, got {interval}")
+        self.sessions, self.stop_event, self.interval = sessions, stop, interval
+        self.required_language, self.prepare, self.metrics, self.chunk = required_language, prepare, metrics, chunk
+
+    def run(self) -> None:
+        while not self.stop_event.is_set():
+            started = time.monotonic()
+            try:
+                derived = fill_signals(self.sessions, required_language=self.required_language, chunk=self.chunk,
+                                       limit=self.chunk, prepare=self.prepare)
+            except Exception:  # noqa: BLE001 - the deriver must outlive one bad pass
+                log.exception("deriving signals failed; retrying", extra={"retry_in_s": self.interval})
+                self.stop_event.wait(self.interval)
+                continue
+            if self.metrics and derived:
+                self.metrics.signals_derived.inc(derived)
+                self.metrics.signals_derive_duration.observe(time.monotonic() - started)
+            if derived < self.chunk:  # caught up: wait for new turns
+                self.stop_event.wait(self.interval)

@@ -5,21 +5,28 @@ on); current: the turns of the last ``window_seconds`` of event time. Each side 
 most ``rows`` turns, evenly spaced in serving order, so the report (and the prompt embeddings it
 needs) costs the same whatever the traffic. Columns: the reward and every signal; prompts enter as
 MiniLM embeddings.
+
+pandas, evidently and torch load on the first report, not at import: a scheduled run that builds
+no report (most of them: the report has its own interval) costs the analyzer none of their memory.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
-from monitor.analyze.drift import DriftReport, drift_report
-from monitor.analyze.embeddings import PromptEmbedder
 from monitor.analyze.frame import TurnFrame
 from monitor.analyze.state import SegmentState
 from monitor.signals import SIGNAL_NAMES
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from monitor.analyze.drift import DriftReport
+    from monitor.analyze.embeddings import PromptEmbedder
 
 COLUMNS = ("reward", *SIGNAL_NAMES)
 _MIN_ROWS = 30
@@ -33,6 +40,8 @@ class DriftInputs:
 
     def get_embedder(self) -> PromptEmbedder:
         if self.embedder is None:
+            from monitor.analyze.embeddings import PromptEmbedder
+
             self.embedder = PromptEmbedder()
         return self.embedder
 
@@ -66,6 +75,8 @@ def build_drift_report(reference: TurnFrame, current: TurnFrame, inputs: DriftIn
     samples = drift_samples(reference, current, inputs.rows)
     if samples is None:
         return None
+    from monitor.analyze.drift import drift_report
+
     embeddings: list[np.ndarray | None] = [None, None]
     if inputs.embeddings:
         texts = prompts([*samples[0].event_id, *samples[1].event_id])
@@ -78,6 +89,8 @@ def build_drift_report(reference: TurnFrame, current: TurnFrame, inputs: DriftIn
 
 def drift_table(frame: TurnFrame) -> pd.DataFrame:
     """The report's numeric columns (:data:`COLUMNS`) of the frame's rows."""
+    import pandas as pd
+
     table = pd.DataFrame(frame.signals, columns=list(SIGNAL_NAMES))
     table.insert(0, "reward", frame.score)
     return table

@@ -2,7 +2,8 @@
 
 A run, under the analyzer lock (a PostgreSQL advisory lock on a connection of its own):
 
-1. **Derive** the signals of new turns, a chunk per transaction (:mod:`monitor.analyze.derive`).
+1. **Derive** the signals of new turns, a chunk per transaction (:mod:`monitor.analyze.derive`),
+   unless a :class:`~monitor.analyze.derive.SignalDeriver` does it continuously (``serve``).
 2. **Read** one consistent snapshot in one short read-only transaction: the segments' states, the
    checkpoint, the watermarks, the rated turns that entered since the checkpoint, and the turns of
    the current window. Every read is bounded by new data or by the window, never by history.
@@ -28,13 +29,13 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from monitor.analyze.derive import fill_signals
-from monitor.analyze.drift import DriftReport
 from monitor.analyze.drift_window import DriftInputs, build_drift_report, reference_event_ids
 from monitor.analyze.engine import Advance, AnalysisConfig, Episode, advance, divergence_scores, entry_order, refit
 from monitor.analyze.flags import FlagPublisher
@@ -71,15 +72,15 @@ from monitor.store.analysis import (
 )
 from monitor.store.models import Alert, AnalysisRun, utcnow
 
+if TYPE_CHECKING:
+    from monitor.analyze.drift import DriftReport
+
 log = logging.getLogger(__name__)
 
 #: Runs kept in ``analysis_runs`` (one a minute: more than an hour and a half of history), and how
 #: many of them keep their drift report's HTML (a few MB each).
 RUNS_KEPT = 100
 REPORTS_KEPT = 3
-#: PostgreSQL waits of the analyzer's transactions: it gives up rather than queue behind ingest.
-LOCK_TIMEOUT_MS = 5_000
-STATEMENT_TIMEOUT_MS = 120_000
 
 
 @dataclass
@@ -139,8 +140,12 @@ class _Snapshot:
 class Analyzer:
     def __init__(self, settings: Settings, sessions: sessionmaker[Session], *, metrics: Metrics | None = None,
                  publisher_factory: Callable[[], FlagPublisher] | None = None,
-                 drift: DriftInputs | None = None, clock: Callable[[], datetime] = utcnow) -> None:
+                 drift: DriftInputs | None = None, clock: Callable[[], datetime] = utcnow,
+                 derive: bool = True) -> None:
+        """``derive``: derive missing signals at the start of each run (False where a
+        :class:`~monitor.analyze.derive.SignalDeriver` runs beside it)."""
         self.settings = settings
+        self.derive = derive
         self.sessions = sessions
         self.metrics = metrics
         self.scheme = SegmentScheme.from_settings(settings)
@@ -213,10 +218,11 @@ class Analyzer:
 
     def _run(self, summary: RunSummary, drift: bool | None) -> None:
         lap = time.monotonic()
-        summary.derived = fill_signals(self.sessions, required_language=self.settings.required_language,
-                                       prepare=self._bound,
-                                       progress=lambda n: log.info("deriving signals", extra={"turns": n}))
-        lap = _lap(summary.phases, "derive", lap)
+        if self.derive:
+            summary.derived = fill_signals(self.sessions, required_language=self.settings.required_language,
+                                           prepare=self._bound,
+                                           progress=lambda n: log.info("deriving signals", extra={"turns": n}))
+            lap = _lap(summary.phases, "derive", lap)
         snapshot = self._read(drift)
         lap = _lap(summary.phases, "read", lap)
         result = advance(snapshot.states, snapshot.entries, self.config)
@@ -386,7 +392,7 @@ class Analyzer:
             self.metrics.analyze_watermark.set(watermark)
 
     def _bound(self, session: Session) -> None:
-        bound_waits(session, lock_timeout_ms=LOCK_TIMEOUT_MS, statement_timeout_ms=STATEMENT_TIMEOUT_MS)
+        bound_waits(session)
 
     def _engine(self):  # noqa: ANN202 - the sessionmaker's bound Engine
         return self.sessions.kw["bind"]

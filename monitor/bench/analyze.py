@@ -5,21 +5,25 @@ signals derived (:mod:`monitor.bench.bulk_turns`, 10 turns/s of event time, 30% 
 
 1. **catch-up**: the analyzer's first run, from scratch, over every stored turn;
 2. ``new`` more turns after the last one, signals not derived (as ingest leaves them);
-3. **scheduled run**: one more run, which derives their signals, feeds the new rated turns to the
-   detectors and scores the window's new turns.
+3. **deriving**: the signal deriver (``serve``'s :class:`~monitor.analyze.derive.SignalDeriver`,
+   which works as turns arrive, between the analyzer's runs) derives their signals;
+4. **scheduled run**: one more analyzer run, as ``serve`` schedules it: it feeds the new rated
+   turns to the detectors and scores the window's new turns; it derives nothing;
+5. **varied text**: 1,000 more turns whose every sentence is new (:func:`~monitor.bench.bulk_turns.
+   tag_sentences`), derived by the same deriver: what text as varied as production's costs it (the
+   simulator's responses repeat a few hundred sentences, which the classifier caches).
 
 New turns are distinct simulated turns (their own pool), so deriving their signals meets new text
 as production does, not the sentence classifier's cache of the stored turns' text.
 
-The analyzer runs in processes of its own (``python -m monitor.bench.analyze --measure URL``, one
-run per line on its stdin), so their RSS is the analyzer's: the catch-up in a fresh process; the
-scheduled run in another one that has already done a *warm-up* run over 100 new turns (the
-service's previous tick), so it is warm as in ``serve``: statements compiled, pool connected, the
-models that deriving signals needs loaded (their load is in the warm-up run's time).
-Measured: wall time of ``Analyzer.run_once(publish=False)`` per phase, RSS before the run and the
-run's peak RSS (the kernel's high-water mark, reset just before the run), and, apart, what
-importing the analyzer costs (it pulls in torch for the drift report's prompt embeddings). The
-drift report itself is off (``DriftInputs(rows=0)``): it has its own interval and budget.
+The analyzer and the deriver run in processes of their own (``python -m monitor.bench.analyze
+--measure URL``, one ``run`` or ``derive`` per line on its stdin), so each one's RSS is its own: the
+catch-up in a fresh process; the scheduled run in another one that has already done a *warm-up*
+run over 100 new turns (the service's previous tick), so it is warm as in ``serve``: statements
+compiled, pool connected; the deriver likewise warm (its models loaded by the warm-up turns).
+Measured: wall time per phase, the process's CPU time, RSS before and peak RSS (the kernel's
+high-water mark, reset just before), and, apart, what importing the analyzer costs. The drift
+report is off (``DriftInputs(rows=0)``): it has its own interval and budget.
 
 Targets (issue 8): at 1M stored turns a run after 10k new turns in at most 3 s, in at most
 600 MiB, and the cost flat from 100k to 1M (scheduled run at 1M / at 100k ~ 1).
@@ -52,6 +56,8 @@ DEFAULT_SIZES = (100_000, 300_000, 1_000_000)
 DEFAULT_NEW = 10_000
 #: New turns before the warm-up run, the measured run's previous tick.
 WARM_UP_NEW = 100
+#: Turns of varied text (every sentence new) the deriver is timed on.
+VARIED_NEW = 1000
 TARGET_SECONDS = 3.0
 TARGET_RSS_MIB = 600.0
 #: Modules whose import shows in the import cost (the analyzer needs none of them for a run
@@ -94,6 +100,8 @@ class SizeResult:
     catch_up: RunMeasurement  # the first run, from scratch, in a fresh process
     warm_up: RunMeasurement  # the previous run, over WARM_UP_NEW new turns, in the measured run's process
     scheduled: RunMeasurement  # the next run, after the new turns, in that same warm process
+    deriving: RunMeasurement  # the deriver over the new turns, in a warm process of its own
+    varied: RunMeasurement  # the same deriver over VARIED_NEW turns whose every sentence is new
 
 
 @dataclass
@@ -110,18 +118,20 @@ class AnalyzeBenchResult:
 
     def report(self) -> str:
         header = (f"{'stored turns':>12} | {'load (s)':>8} | {'catch-up run (s)':>16} | {'warm-up run (s)':>15} | "
-                  f"{f'scheduled run after {self.new:,} new (s)':>34} | {'of which deriving signals (s)':>29} | "
-                  f"{'read / compute / write (s)':>26} | {'its CPU (s)':>11} | {'RSS before (MiB)':>16} | "
-                  f"{'peak RSS (MiB)':>14}")
+                  f"{f'scheduled run after {self.new:,} new (s)':>34} | {'read / compute / write (s)':>26} | "
+                  f"{'its CPU (s)':>11} | {'RSS before (MiB)':>16} | {'peak RSS (MiB)':>14} | "
+                  f"{f'deriver: {self.new:,} new (s)':>26} | {'turns/s':>7} | {'deriver CPU (s)':>15} | "
+                  f"{'deriver peak RSS (MiB)':>22} | {'varied text: turns/s':>20}")
         lines = [header, "-" * len(header)]
         for size in self.sizes:
-            run = size.scheduled
+            run, deriving = size.scheduled, size.deriving
             split = " / ".join(f"{run.phases.get(name, 0.0):.2f}" for name in ("read", "compute", "write"))
-            derive = run.phases.get("derive", 0.0)
             lines.append(f"{size.stored:>12,} | {size.load_seconds:>8.1f} | {size.catch_up.seconds:>16.2f} | "
-                         f"{size.warm_up.seconds:>15.2f} | {run.seconds:>34.2f} | {derive:>29.2f} | "
-                         f"{split:>26} | {run.cpu_seconds:>11.2f} | {run.rss_before_mib:>16.0f} | "
-                         f"{run.peak_mib:>14.0f}")
+                         f"{size.warm_up.seconds:>15.2f} | {run.seconds:>34.2f} | {split:>26} | "
+                         f"{run.cpu_seconds:>11.2f} | {run.rss_before_mib:>16.0f} | {run.peak_mib:>14.0f} | "
+                         f"{deriving.seconds:>26.2f} | {deriving.derived / deriving.seconds:>7.0f} | "
+                         f"{deriving.cpu_seconds:>15.2f} | {deriving.peak_mib:>22.0f} | "
+                         f"{size.varied.derived / size.varied.seconds:>20.0f}")
         if not self.sizes:
             return "\n".join(lines)
         largest, smallest = self.sizes[-1], self.sizes[0]
@@ -130,6 +140,11 @@ class AnalyzeBenchResult:
                      + ", ".join(f"{size.stored:,}: {size.catch_up.peak_mib:.0f}" for size in self.sizes))
         lines.append(f"importing the analyzer: {run.import_seconds:.1f} s, peak RSS {run.import_peak_mib:.0f} MiB "
                      f"({', '.join(run.imported) or 'no heavy modules'}); once per process, not in the runs above")
+        rate = largest.deriving.derived / largest.deriving.seconds
+        varied = largest.varied.derived / largest.varied.seconds
+        lines.append(f"the deriver keeps up with ingest up to about {rate:.0f} new turns/s here on simulated text, "
+                     f"{varied:.0f} on text whose every sentence is new; it works while turns arrive, between the "
+                     f"analyzer's runs")
         if self.flatness is not None:
             lines.append(f"scheduled run at {largest.stored:,} / at {smallest.stored:,} stored turns: "
                          f"{self.flatness:.2f} (flat: ~1)")
@@ -189,7 +204,7 @@ def _bench_size(url: str, size: int, new: int, echo: Callable[[str], None],
     from monitor.bench.bulk_turns import SyntheticTurns
 
     # The stream ends _LEAD before now, so every turn's event time is already past.
-    start = datetime.now(UTC) - _LEAD - timedelta(seconds=(size + WARM_UP_NEW + new) / 10.0)
+    start = datetime.now(UTC) - _LEAD - timedelta(seconds=(size + WARM_UP_NEW + new + VARIED_NEW) / 10.0)
     turns = SyntheticTurns(start)
     fresh = SyntheticTurns(start, seed=1, pool=WARM_UP_NEW + new)  # every new turn its own text
     started = time.perf_counter()
@@ -202,14 +217,18 @@ def _bench_size(url: str, size: int, new: int, echo: Callable[[str], None],
     # Steady state: autovacuum has seen the history (the catch-up rewrote the window's divergence);
     # the new turns below are too few to trigger it, as between two scheduled runs.
     _vacuum_analyze(url)
-    echo("scheduled run...")
-    with MeasuredAnalyzer(url) as analyzer:
+    echo("deriving and scheduled run...")
+    with MeasuredAnalyzer(url) as analyzer, MeasuredAnalyzer(url) as deriver:
         fresh.load(url, size, WARM_UP_NEW, derived=False)
+        deriver.derive()
         warm_up = analyzer.run()  # the service's previous tick
         fresh.load(url, size + WARM_UP_NEW, new, derived=False,
                    progress=progress(f"adding {new:,} new turns", new) if progress else None)
+        deriving = deriver.derive()
         scheduled = analyzer.run()
-    return SizeResult(size, load_seconds, catch_up, warm_up, scheduled)
+        fresh.load(url, size + WARM_UP_NEW + new, VARIED_NEW, derived=False, unique_sentences=True)
+        varied = deriver.derive()
+    return SizeResult(size, load_seconds, catch_up, warm_up, scheduled, deriving, varied)
 
 
 def _vacuum_analyze(url: str) -> None:
@@ -220,8 +239,8 @@ def _vacuum_analyze(url: str) -> None:
 
 class MeasuredAnalyzer:
     """An analyzer in a process of its own (``python -m monitor.bench.analyze --measure URL``): each
-    :meth:`run` has it run once and returns the measurement. Between runs the process stays up,
-    warm, as the service's between two scheduled runs."""
+    :meth:`run` has it run once (each :meth:`derive`, derive every missing signal) and returns the
+    measurement. Between runs the process stays up, warm, as the service's between two runs."""
 
     def __init__(self, url: str, *, profile: str | None = None) -> None:
         command = [sys.executable, "-m", "monitor.bench.analyze", "--measure", url]
@@ -232,9 +251,15 @@ class MeasuredAnalyzer:
                                          stderr=self._errors, text=True)
 
     def run(self) -> RunMeasurement:
+        return self._command("run")
+
+    def derive(self) -> RunMeasurement:
+        return self._command("derive")
+
+    def _command(self, command: str) -> RunMeasurement:
         assert self._process.stdin is not None and self._process.stdout is not None
         try:
-            self._process.stdin.write("run\n")
+            self._process.stdin.write(f"{command}\n")
             self._process.stdin.flush()
         except BrokenPipeError:
             pass  # the child died; its output says why
@@ -265,12 +290,14 @@ class MeasuredAnalyzer:
 
 def serve_measurements(url: str, *, commands: Iterator[str], out: Callable[[str], None],
                        profile: str | None = None) -> None:
-    """Import the analyzer, then run it once against ``url`` per command (a line on stdin), writing
-    each run's :class:`RunMeasurement` as a JSON line. Meant for a fresh process: the import cost
-    and the RSS figures are the process's own. ``profile``: cProfile the last run into this path."""
+    """Import the analyzer, then per command (a line on stdin) run it once against ``url``
+    (``run``) or derive every missing signal as the deriver does (``derive``), writing each one's
+    :class:`RunMeasurement` as a JSON line. Meant for a fresh process: the import cost and the RSS
+    figures are the process's own. ``profile``: cProfile the last command into this path."""
     started = time.perf_counter()
+    from monitor.analyze.derive import fill_signals
     from monitor.analyze.drift_window import DriftInputs
-    from monitor.analyze.runner import Analyzer
+    from monitor.analyze.runner import Analyzer, RunSummary
     from monitor.config import Settings
     from monitor.store.db import make_engine, make_session_factory, ping
 
@@ -280,15 +307,21 @@ def serve_measurements(url: str, *, commands: Iterator[str], out: Callable[[str]
     engine = make_engine(url)
     try:
         ping(engine)  # a scheduled run finds the pool connected
-        analyzer = Analyzer(Settings(database_url=url), make_session_factory(engine), drift=DriftInputs(rows=0))
-        for _ in commands:
+        sessions = make_session_factory(engine)
+        analyzer = Analyzer(Settings(database_url=url), sessions, drift=DriftInputs(rows=0), derive=False)
+        for command in commands:
+            if command.strip() not in ("run", "derive"):
+                raise ValueError(f"unknown command {command.strip()!r}: run or derive")
             rss_before = _rss_mib()
             reset = _reset_peak()
             profiler = cProfile.Profile() if profile else None
             if profiler is not None:
                 profiler.enable()
             started, cpu = time.perf_counter(), time.process_time()
-            summary = analyzer.run_once(publish=False)
+            if command.strip() == "run":
+                summary = analyzer.run_once(publish=False)
+            else:
+                summary = RunSummary(derived=fill_signals(sessions))
             seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
             if profiler is not None and profile:
                 profiler.disable()
@@ -326,8 +359,8 @@ def _reset_peak() -> bool:
 
 
 def _main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Run the analyzer once per line on stdin, measured "
-                                     "(the child of `monitor bench analyze`).")
+    parser = argparse.ArgumentParser(description="Run the analyzer (a line 'run') or the signal deriver ('derive') "
+                                     "once per line on stdin, measured (the child of `monitor bench analyze`).")
     parser.add_argument("--measure", required=True, metavar="URL", help="the store to run the analyzer against")
     parser.add_argument("--profile", metavar="PATH", help="also write a cProfile of the last run here")
     args = parser.parse_args(argv)

@@ -7,7 +7,9 @@ worked out once, tiled over as many turns as asked: ``pool`` consecutive turns a
 Turn ``i`` happens at ``start + i / rate`` (event time) in a conversation of its own; about
 ``rated_share`` of turns are rated once, an exponential delay after the turn (their ``ratings`` row
 is joined). Turns are written either *derived* (signals and prompt risk set, as the analyzer leaves
-them) or not (NULL, as ingest writes them).
+them) or not (NULL, as ingest writes them). ``unique_sentences`` tags every sentence of a response
+with its turn's number, so no sentence repeats and the sentence classifier's cache never helps: the
+cost of text as varied as production's.
 
 Rows are written in COPY's text format from pre-escaped pieces, so PostgreSQL's index maintenance
 is what a load waits on (1M turns in about 2 minutes on a busy 2-core machine).
@@ -16,6 +18,7 @@ is what a load waits on (1M turns in about 2 minutes on a busy 2-core machine).
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -57,6 +60,7 @@ class _Template:
     channel: str
     prompt: str
     response: str
+    response_text: str  # unescaped
     reward: str
     satisfaction: str
     signals: str  # the sig_* values, tab-separated
@@ -84,12 +88,31 @@ def _templates(seed: int, count: int) -> list[_Template]:
         reward = _NULL if event.reward is None else repr(float(event.reward))
         out.append(_Template(
             domain=event.segment.domain, locale=event.segment.locale or _NULL, channel=event.segment.channel or _NULL,
-            prompt=_copy_text(event.prompt), response=_copy_text(event.response), reward=reward,
+            prompt=_copy_text(event.prompt), response=_copy_text(event.response), response_text=event.response,
+            reward=reward,
             satisfaction=repr(satisfaction[(event.conversation_id, event.turn)]),
             signals="\t".join(repr(float(signals[column])) for column in SIGNAL_COLUMNS),
             harmful="t" if is_harmful(event.prompt) else "f",
         ))
     return out
+
+
+_SENTENCE_END = re.compile(r"([.!?])(?=\s|$)")
+
+
+def tag_sentences(text: str, number: int) -> str:
+    """``text`` with ``(ref N)`` before every sentence's end, so each sentence is one of a kind:
+
+    >>> tag_sentences("Yes. It works!\\n- a list item", 7)
+    'Yes (ref 7). It works (ref 7)!\\n- a list item (ref 7)'
+    """
+    lines = []
+    for line in text.split("\n"):
+        tagged = _SENTENCE_END.sub(rf" (ref {number})\1", line)
+        if tagged == line and line.strip():
+            tagged = f"{line} (ref {number})"
+        lines.append(tagged)
+    return "\n".join(lines)
 
 
 def _uuid(prefix: str, index: int) -> str:
@@ -131,10 +154,13 @@ class SyntheticTurns:
     def event_time(self, index: int) -> datetime:
         return datetime.fromtimestamp(self.start.timestamp() + index / self.rate, self.start.tzinfo)
 
-    def load(self, url: str, first: int, count: int, *, derived: bool,
+    def load(self, url: str, first: int, count: int, *, derived: bool, unique_sentences: bool = False,
              progress: Callable[[int], None] | None = None) -> int:
         """COPY turns ``first ..`` into ``url`` (a psycopg URL), ``CHUNK`` per transaction; returns the
-        ratings written. ``derived``: with their signals and prompt risk set, else NULL."""
+        ratings written. ``derived``: with their signals and prompt risk set, else NULL (and then
+        ``unique_sentences`` makes every sentence of every response new: :func:`tag_sentences`)."""
+        if derived and unique_sentences:
+            raise ValueError("unique_sentences is for turns still to derive (derived=False)")
         if self._templates is None:
             self._templates = _templates(self.seed, self._pool)
         rng = np.random.default_rng([self.seed, first])
@@ -143,14 +169,14 @@ class SyntheticTurns:
         with psycopg.connect(url) as connection:
             for offset in range(0, count, CHUNK):
                 size = min(CHUNK, count - offset)
-                ratings += self._copy_chunk(connection, rng, start, first + offset, size, derived)
+                ratings += self._copy_chunk(connection, rng, start, first + offset, size, derived, unique_sentences)
                 connection.commit()
                 if progress:
                     progress(offset + size)
         return ratings
 
     def _copy_chunk(self, connection: psycopg.Connection, rng: np.random.Generator, start: np.datetime64,
-                    first: int, size: int, derived: bool) -> int:
+                    first: int, size: int, derived: bool, unique_sentences: bool = False) -> int:
         templates = self._templates
         assert templates is not None
         index = np.arange(first, first + size)
@@ -175,8 +201,9 @@ class SyntheticTurns:
             else:
                 rating = f"{_NULL}\t0\t{_NULL}"
             derived_values = f"{t.signals}\t{t.harmful}\tclassifier" if derived else unknown
+            response = _copy_text(tag_sentences(t.response_text, i)) if unique_sentences else t.response
             turns.append(f"{_uuid(self._turn_ids, i)}\t{conversation}\t0\t{ts[k]}\t{MODEL_VERSION}\t{t.domain}\t"
-                         f"{t.locale}\t{t.channel}\t{_MESSAGES}\t{t.prompt}\t{t.response}\t{t.reward}\t"
+                         f"{t.locale}\t{t.channel}\t{_MESSAGES}\t{t.prompt}\t{response}\t{t.reward}\t"
                          f"{t.reward}\t{SCORER}\tf\t{rating}\t{derived_values}\tconversations\t{partition}\t"
                          f"{source_offset}\t{ingested[k]}\n")
         with connection.cursor() as cursor:

@@ -53,7 +53,14 @@ def analyzer_lock(engine: Engine) -> Iterator[bool]:
                 connection.commit()
 
 
-def bound_waits(session: Session, *, lock_timeout_ms: int, statement_timeout_ms: int) -> None:
+#: PostgreSQL waits of the analyzer's and the deriver's transactions: they give up rather than
+#: queue behind ingest.
+LOCK_TIMEOUT_MS = 5_000
+STATEMENT_TIMEOUT_MS = 120_000
+
+
+def bound_waits(session: Session, *, lock_timeout_ms: int = LOCK_TIMEOUT_MS,
+                statement_timeout_ms: int = STATEMENT_TIMEOUT_MS) -> None:
     """On PostgreSQL, give up on a lock or a statement instead of waiting behind ingest."""
     if session.get_bind().dialect.name == "postgresql":
         session.execute(text(f"SET LOCAL lock_timeout = {int(lock_timeout_ms)}"))
