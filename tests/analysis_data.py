@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import numpy as np
+
+from monitor.analyze.state import SegmentState
 from monitor.ingest.decode import decode_batch, rating_row, turn_row
 from monitor.ingest.records import KafkaRecord
 from monitor.scoring.base import ScoreOutcome
@@ -40,3 +43,20 @@ def write(sessions, messages: Iterable[SimulatedMessage], chunk: int = 1000) -> 
                                dead_letters=[], next_offsets={})
 
 
+def assert_same_states(first: dict[str, SegmentState], second: dict[str, SegmentState]) -> None:
+    """Equal states: exactly, but for the divergence moments, sums whose float rounding follows
+    the batching (they feed only the per-sample divergence, never an alert)."""
+    assert first.keys() == second.keys()
+    for name in first:
+        a, b = first[name].to_json(), second[name].to_json()
+        for state in (a, b):
+            for track in state["tracks"].values():
+                track["moments"] = SegmentState.from_json(state).tracks[track["identity"]].moments
+        moments = [(x["moments"], y["moments"]) for x, y in zip(a["tracks"].values(), b["tracks"].values(),
+                                                                strict=True)]
+        for x, y in moments:
+            assert x.n == y.n and np.allclose(x.xx, y.xx, rtol=1e-12) and np.allclose(x.xy, y.xy, rtol=1e-12)
+        for state in (a, b):
+            for track in state["tracks"].values():
+                del track["moments"]
+        assert a == b

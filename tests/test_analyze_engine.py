@@ -19,6 +19,7 @@ from monitor.analyze.frame import TurnFrame
 from monitor.analyze.segments import SegmentScheme
 from monitor.analyze.state import SegmentState
 from monitor.signals import SIGNAL_NAMES
+from tests.analysis_data import assert_same_states
 
 SCHEME = SegmentScheme(domains=("payments", "cards"))
 CONFIG = AnalysisConfig(reference_labels=400, rank_window=200, resolve_labels=200, window_seconds=600.0)
@@ -132,25 +133,6 @@ def test_an_episode_resolves_after_the_shift_ends() -> None:
     # Resolved once a full window (200 rated turns = 400 s here) after the shift shows no shift.
     assert frame.ts[6000] <= episodes[0].resolved_at < frame.ts[7500]
     assert episodes[0].mode == "verbosity"  # the resolution keeps what the detections said
-
-
-def assert_same_states(first: dict[str, SegmentState], second: dict[str, SegmentState]) -> None:
-    """Equal states: exactly, but for the divergence moments, sums whose float rounding follows
-    the batching (they feed only the per-sample divergence, never an alert)."""
-    assert first.keys() == second.keys()
-    for name in first:
-        a, b = first[name].to_json(), second[name].to_json()
-        for state in (a, b):
-            for track in state["tracks"].values():
-                track["moments"] = SegmentState.from_json(state).tracks[track["identity"]].moments
-        moments = [(x["moments"], y["moments"]) for x, y in zip(a["tracks"].values(), b["tracks"].values(),
-                                                                strict=True)]
-        for x, y in moments:
-            assert x.n == y.n and np.allclose(x.xx, y.xx, rtol=1e-12) and np.allclose(x.xy, y.xy, rtol=1e-12)
-        for state in (a, b):
-            for track in state["tracks"].values():
-                del track["moments"]
-        assert a == b
 
 
 def snapshot(episodes) -> list:

@@ -6,7 +6,9 @@ A run, under the analyzer lock (a PostgreSQL advisory lock on a connection of it
    unless a :class:`~monitor.analyze.derive.SignalDeriver` does it continuously (``serve``).
 2. **Read** one consistent snapshot in one short read-only transaction: the segments' states, the
    checkpoint, the watermarks, the rated turns that entered since the checkpoint, and the turns of
-   the current window. Every read is bounded by new data or by the window, never by history.
+   the current window. Every read is bounded by new data or by the window, never by history:
+   a run with more than ``entry_page`` entries due (the first run, ``--recompute``, a long outage)
+   feeds them to the engine a page of entry time at a time, checkpointing each page.
 3. **Compute** outside any transaction: feed the entries to the engine, score per-sample
    divergence of the window's new turns, the segment table, the drift report when due.
 4. **Write** in one short transaction: changed states, the new checkpoint, alerts, divergence,
@@ -53,6 +55,7 @@ from monitor.store.analysis import (
     checkpoint,
     delete_states,
     earliest_unready_entry,
+    entry_page_end,
     entry_rows,
     firing_alerts,
     from_seconds,
@@ -81,6 +84,8 @@ log = logging.getLogger(__name__)
 #: many of them keep their drift report's HTML (a few MB each).
 RUNS_KEPT = 100
 REPORTS_KEPT = 3
+#: Entries a run reads at once: a catch-up over more goes page by page, so its memory is a page's.
+ENTRY_PAGE = 50_000
 
 
 @dataclass
@@ -93,6 +98,7 @@ class RunSummary:
     derived: int = 0  # turns whose signals this run derived
     scored: int = 0  # turns whose per-sample divergence this run set
     fitted: list[str] = field(default_factory=list)
+    pages: int = 0  # pages of entry time this run went through (more than 1: a catch-up)
     opened: int = 0
     resolved: int = 0
     firing: int = 0
@@ -107,7 +113,8 @@ class RunSummary:
     phases: dict[str, float] = field(default_factory=dict)
 
     def report(self) -> str:
-        lines = [f"entered {self.entered} rated turns ({self.labelled} so far); window of {self.turns} turns; "
+        paged = f" in {self.pages} pages" if self.pages > 1 else ""
+        lines = [f"entered {self.entered} rated turns{paged} ({self.labelled} so far); window of {self.turns} turns; "
                  f"signals derived for {self.derived}, divergence for {self.scored}; {self.seconds:.1f} s",
                  f"checkpoint: {self.checkpoint.isoformat() if self.checkpoint else 'none yet'}",
                  f"calibrations fitted: {', '.join(self.fitted) or 'none'}",
@@ -135,17 +142,22 @@ class _Snapshot:
     window_divergence: np.ndarray  # stored values (NaN: not set yet)
     firing: dict[str, tuple[str, list[str]]]  # key -> (segment, modes) of alerts firing before the run
     drift_due: bool
+    more: bool = False  # a page of a catch-up: more entries are due after ``until``
 
 
 class Analyzer:
     def __init__(self, settings: Settings, sessions: sessionmaker[Session], *, metrics: Metrics | None = None,
                  publisher_factory: Callable[[], FlagPublisher] | None = None,
                  drift: DriftInputs | None = None, clock: Callable[[], datetime] = utcnow,
-                 derive: bool = True) -> None:
+                 derive: bool = True, entry_page: int = ENTRY_PAGE) -> None:
         """``derive``: derive missing signals at the start of each run (False where a
-        :class:`~monitor.analyze.derive.SignalDeriver` runs beside it)."""
+        :class:`~monitor.analyze.derive.SignalDeriver` runs beside it). ``entry_page``: a run that
+        finds more entries than this due goes through them a page at a time (each checkpointed)."""
+        if entry_page < 1:
+            raise ValueError(f"entry_page must be >= 1, got {entry_page}")
         self.settings = settings
         self.derive = derive
+        self.entry_page = entry_page
         self.sessions = sessions
         self.metrics = metrics
         self.scheme = SegmentScheme.from_settings(settings)
@@ -223,8 +235,28 @@ class Analyzer:
                                            prepare=self._bound,
                                            progress=lambda n: log.info("deriving signals", extra={"turns": n}))
             lap = _lap(summary.phases, "derive", lap)
-        snapshot = self._read(drift)
-        lap = _lap(summary.phases, "read", lap)
+        opened: list[Alert] = []
+        while True:
+            snapshot = self._read(drift)
+            lap = _lap(summary.phases, "read", lap)
+            if not snapshot.more:
+                break
+            # A catch-up (first run, --recompute, a long outage) goes page by page of entry time,
+            # each page checkpointed, so its memory is that of a page, not of the history.
+            result = advance(snapshot.states, snapshot.entries, self.config)
+            lap = _lap(summary.phases, "compute", lap)
+            with self.sessions.begin() as session:
+                self._bound(session)
+                save_states(session, {name: snapshot.states[name].to_json() for name in sorted(result.changed)})
+                save_checkpoint(session, from_seconds(snapshot.until))
+                page_opened, page_resolved = self._sync_alerts(session, result.episodes)
+            lap = _lap(summary.phases, "write", lap)
+            opened += page_opened
+            summary.pages += 1
+            summary.entered += result.entered
+            summary.fitted += result.fitted
+            summary.resolved += len(page_resolved)
+            log.info("analysis page", extra={"entered": result.entered, "checkpoint": from_seconds(snapshot.until)})
         result = advance(snapshot.states, snapshot.entries, self.config)
         new = np.flatnonzero(np.isnan(snapshot.window_divergence))
         divergence = divergence_scores(snapshot.states, snapshot.window.take(new))
@@ -238,7 +270,7 @@ class Analyzer:
             save_states(session, {name: snapshot.states[name].to_json() for name in sorted(result.changed)})
             if snapshot.until is not None:
                 save_checkpoint(session, from_seconds(snapshot.until))
-            opened, resolved = self._sync_alerts(session, result.episodes)
+            last_opened, resolved = self._sync_alerts(session, result.episodes)
             store_divergence(session, scored)
             session.add(AnalysisRun(
                 finished_at=utcnow(), watermark=from_seconds(snapshot.watermark),
@@ -248,17 +280,23 @@ class Analyzer:
             prune_runs(session, keep=RUNS_KEPT, reports_kept=REPORTS_KEPT)
             firing = firing_alerts(session)
         _lap(summary.phases, "write", lap)
-        summary.turns, summary.entered, summary.fitted = len(snapshot.window), result.entered, result.fitted
+        opened += last_opened
+        summary.pages += 1
+        summary.turns = len(snapshot.window)
+        summary.entered += result.entered
+        summary.fitted += result.fitted
         summary.labelled = sum(state.labelled for state in snapshot.states.values())
         summary.scored = len(scored)
-        summary.opened, summary.resolved, summary.firing = len(opened), len(resolved), len(firing)
+        summary.opened, summary.firing = len(opened), len(firing)
+        summary.resolved += len(resolved)
         summary.drift, summary.drift_built = (report.summary if report else None), snapshot.drift_due
         summary.checkpoint = from_seconds(snapshot.until if snapshot.until is not None else snapshot.checkpoint)
         self._record(segments, firing, opened, snapshot.watermark)
         log.info("analysis run", extra={"entered": summary.entered, "labelled": summary.labelled,
                                         "derived": summary.derived, "scored": summary.scored,
-                                        "fitted": result.fitted, "opened": summary.opened,
+                                        "fitted": summary.fitted, "opened": summary.opened,
                                         "resolved": summary.resolved, "firing": summary.firing,
+                                        "pages": summary.pages,
                                         "phase_seconds": {name: round(value, 3)
                                                           for name, value in summary.phases.items()}})
 
@@ -281,7 +319,18 @@ class Analyzer:
                     until = unready - timedelta(microseconds=1)
                 if previous is not None and until <= previous:
                     until = None
+            more = False
+            if until is not None:
+                page_end = entry_page_end(session, previous, until, self.entry_page)
+                if page_end is not None and page_end < until:
+                    until, more = page_end, True
             rows = entry_rows(session, previous, until) if until is not None else []
+            if more:  # a page of a catch-up: the window, alerts and drift wait for its last page
+                return _Snapshot(
+                    states=states, checkpoint=_seconds(previous), until=_seconds(until),
+                    watermark=_seconds(watermark), entries=_entry_frame(rows, self.scheme, config),
+                    window=TurnFrame.from_rows([], self.scheme), window_divergence=np.empty(0), firing={},
+                    drift_due=False, more=True)
             window = window_rows(session, watermark - timedelta(seconds=config.window_seconds)) \
                 if watermark is not None else []
             firing = {alert.key: (alert.segment, list(alert.evidence.get("attribution", {}).get("modes", [])))
@@ -290,12 +339,11 @@ class Analyzer:
                 last = latest_run(session, with_report=True)
                 drift = last is None or (utcnow() - last.finished_at).total_seconds() >= \
                     self.settings.analyze_drift_interval_seconds
-        entries = TurnFrame.from_rows(rows, self.scheme)
         window_frame = TurnFrame.from_rows(window, self.scheme)
         stored = {row["id"]: row["divergence"] for row in window}
         return _Snapshot(
             states=states, checkpoint=_seconds(previous), until=_seconds(until), watermark=_seconds(watermark),
-            entries=entries.take(entry_order(entries, config)), window=window_frame,
+            entries=_entry_frame(rows, self.scheme, config), window=window_frame,
             window_divergence=np.array([np.nan if stored[i] is None else stored[i] for i in window_frame.row_id],
                                        dtype=float),
             firing=firing, drift_due=bool(drift))
@@ -403,10 +451,15 @@ class Analyzer:
 
 
 def _lap(phases: dict[str, float], name: str, since: float) -> float:
-    """Record the seconds since ``since`` as phase ``name``; returns now, the next phase's start."""
+    """Add the seconds since ``since`` to phase ``name``; returns now, the next phase's start."""
     now = time.monotonic()
-    phases[name] = now - since
+    phases[name] = phases.get(name, 0.0) + now - since
     return now
+
+
+def _entry_frame(rows: list[dict], scheme: SegmentScheme, config: AnalysisConfig) -> TurnFrame:
+    entries = TurnFrame.from_rows(rows, scheme)
+    return entries.take(entry_order(entries, config))
 
 
 def _seconds(value: datetime | None) -> float | None:

@@ -146,6 +146,15 @@ def entry_rows(session: Session, after: datetime | None, until: datetime) -> lis
     return _dicts(session, query)
 
 
+def entry_page_end(session: Session, after: datetime | None, until: datetime, page: int) -> datetime | None:
+    """Entry time of the ``page``-th rating entered in ``(after, until]``, or None when fewer: a
+    run reads up to there (ties included), so no read holds more than about ``page`` entries."""
+    query = select(RatingRow.entry_at).where(RatingRow.entry_at <= until)
+    if after is not None:
+        query = query.where(RatingRow.entry_at > after)
+    return session.scalar(query.order_by(RatingRow.entry_at).offset(page - 1).limit(1))
+
+
 def _rating_of_turn() -> Any:
     return (RatingRow.conversation_id == Turn.conversation_id) & (RatingRow.turn == Turn.turn)
 
