@@ -146,7 +146,7 @@ def turn_row(record: KafkaRecord, event: ConversationEvent, outcome: ScoreOutcom
     """The ``turns`` row of one event: its text, score and, when the producer sent it, the prompt's risk.
 
     The response's signals (and the prompt risk the producer did not send) are left NULL: the
-    analyzer derives them once per turn, off the ingest path, where their regular expressions
+    signal deriver (monitor.analyze.derive) fills them once per turn, off the ingest path; here they
     would cost about 40% of ingest throughput (see docs/analysis.md).
     """
     prompt, response = event.prompt, event.response

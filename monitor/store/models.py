@@ -127,7 +127,7 @@ class Turn(_FromKafka, Base):
     # Per-sample divergence (monitor.analyze.engine.divergence_scores), set by the analyzer run
     # after the turn arrived, once its segment's reward model has a calibration.
     divergence: Mapped[float | None] = mapped_column(Float)
-    # Reward-hacking signals of the response (monitor.signals), derived by the analyzer once per
+    # Reward-hacking signals of the response (monitor.signals), derived by the signal deriver once per
     # turn, off the ingest path; NULL until then.
     sig_length_tokens: Mapped[float | None] = mapped_column(Float)
     sig_length_ratio: Mapped[float | None] = mapped_column(Float)
