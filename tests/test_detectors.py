@@ -18,6 +18,7 @@ from monitor.analyze.cusum import Cusum, cusum_alarms
 from monitor.analyze.multiple_testing import benjamini_hochberg
 from monitor.analyze.rank_agreement import AgreementDrop, auc, auc_drop, spearman, spearman_drop
 from monitor.analyze.thresholds import (
+    automatic_lags,
     calibrate_threshold,
     false_alarm_rate,
     gaussian_threshold,
@@ -252,6 +253,24 @@ def test_long_run_variance_ratio():
     assert 1.0 <= long_run_variance_ratio(rng.normal(size=20_000), 16) < 1.05  # never below 1
     # Runs of 4: 1 + 2 (16/17 * 3/8 + 15/17 * 2/8 + 14/17 * 1/8) = 2.35 at 16 lags, of the true 2.5.
     assert abs(long_run_variance_ratio(user_runs(rng, 20_000, 4), 16) - 2.35) < 0.15
+
+
+def test_automatic_lags_follow_the_dependence_and_stay_within_the_maximum():
+    rng = np.random.default_rng(42)
+    independent = [automatic_lags(rng.normal(size=500), 16) for _ in range(50)]
+    runs = [automatic_lags(user_runs(rng, 500, 4), 16) for _ in range(50)]
+    assert np.median(independent) <= 3 and np.median(runs) >= 6  # short when calm, longer when not
+    assert max(independent + runs) <= 16 and min(independent + runs) >= 1
+    assert automatic_lags(user_runs(rng, 500, 4), 3) == 3
+    assert automatic_lags(rng.normal(size=500), 0) == 0
+    assert automatic_lags(np.ones(500), 16) == 1  # constant: nothing to estimate
+    # With the plug-in, independent references pay less for the floor at 1 than with 16 fixed lags.
+    fixed = [long_run_variance_ratio(rng.normal(size=500), 16) for _ in range(200)]
+    chosen = []
+    for _ in range(200):
+        values = rng.normal(size=500)
+        chosen.append(long_run_variance_ratio(values, automatic_lags(values, 16)))
+    assert np.mean(chosen) < np.mean(fixed) - 0.02
 
 
 def test_dependence_lags_keep_budget_when_users_rate_runs_of_turns():

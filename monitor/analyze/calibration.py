@@ -37,10 +37,11 @@ from monitor.analyze.thresholds import calibrate_threshold
 #: budget. A margin of 3 measured 0.18 per 10k for 8 more rated turns of median delay (61 vs 53).
 THRESHOLD_MARGIN = 3.0
 #: The threshold allows for dependence between reference residuals up to this many rated turns apart
-#: in serving order (users rating several turns in a row). Without it noisy stars and continuous
-#: scores from such users measured 2.16 and 1.36 false alarms per 10k rated turns (budget 1); with
-#: it 0.71 and 0.48, and thumbs 0.42 (0.55 before) for 3 more rated turns of median delay (65)
-#: (`monitor bench detect`, B1; docs/detectors.md, "False alarms per rating kind").
+#: in serving order (users rating several turns in a row), over as many lags as the data call for
+#: (thresholds.automatic_lags). Without it noisy stars and continuous scores from such users
+#: measured 2.16 and 1.36 false alarms per 10k rated turns (budget 1); with it 0.76 and 0.57, and
+#: thumbs 0.53 (0.55 before), median delays 79, 74 and 64 rated turns (16 fixed lags: 0.71, 0.48,
+#: 0.42 for 84, 78, 65) (`monitor bench detect`, B1; docs/detectors.md, "False alarms per rating kind").
 DEPENDENCE_LAGS = 16
 # A whisper of ridge keeps the fit finite when the reference is perfectly separable.
 _RIDGE = 1e-6
