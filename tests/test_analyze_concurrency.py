@@ -1,5 +1,6 @@
-"""Ingest at full speed while the analyzer runs back to back, on SQLite and PostgreSQL: the
-analyzer's short transactions never make an ingest batch fail, and every event is stored."""
+"""Ingest at full speed while the analyzer runs back to back and the signal deriver works beside
+it, on SQLite and PostgreSQL: their short transactions never make an ingest batch fail, and every
+event is stored."""
 
 from __future__ import annotations
 
@@ -58,3 +59,4 @@ def test_ingest_at_full_speed_while_the_analyzer_runs_loses_and_fails_nothing(mi
     assert total(metrics, "monitor_batch_failures_total") == 0
     assert total(metrics, "monitor_analyze_runs_total", outcome="error") == 0
     assert runs_during_ingest - runs_before >= 1  # the analyzer worked while ingest wrote
+    assert total(metrics, "monitor_signals_derived_total") > 0  # and so did serve's signal deriver
