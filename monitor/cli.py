@@ -21,6 +21,9 @@ app.add_typer(bench_app, name="bench")
 signals_app = typer.Typer(help="The sentence classifiers behind the sycophancy, hedging, overpromise and refusal "
                           "signals.", no_args_is_help=True)
 app.add_typer(signals_app, name="signals")
+keys_app = typer.Typer(help="API keys: viewer, annotator or admin; sent as 'Authorization: Bearer <key>'.",
+                       no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 
 
 def _settings(**overrides: object) -> Settings:
@@ -241,6 +244,88 @@ def signals_evaluate(
             typer.echo("\n".join(f"  {label}: {mistake}" for mistake in mistakes))
 
 
+def _key_store():  # noqa: ANN202 - a sessionmaker of the migrated store, and its engine to dispose
+    from monitor.service import prepare_database
+    from monitor.store.db import make_engine, make_session_factory
+
+    settings = _settings()
+    try:
+        prepare_database(settings)
+    except MonitorError as exc:
+        raise _fail(exc) from exc
+    engine = make_engine(settings.database_url)
+    return make_session_factory(engine), engine
+
+
+@keys_app.command("create")
+def keys_create(
+    role: Annotated[str, typer.Option(help="viewer (the monitoring API), annotator (the review queue) or admin "
+                                      "(everything, raw text included).")],
+    name: Annotated[str | None, typer.Option(help="A name to list and revoke it by (default: ROLE-xxxxxx).")] = None,
+) -> None:
+    """Create an API key. The key is printed once, alone on the last line; only its digest is stored."""
+    from monitor.auth import check_name, check_role
+    from monitor.store.keys import KeyNameTaken, create_key
+
+    try:
+        check_role(role)
+        if name is not None:
+            check_name(name)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    sessions, engine = _key_store()
+    try:
+        with sessions.begin() as session:
+            row, key = create_key(session, role, name)
+            created = row.name
+    except KeyNameTaken as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    finally:
+        engine.dispose()
+    typer.echo(f"created {role} key {created!r}; it is shown once, store it now:")
+    typer.echo(key)
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """List the keys: name, role, first characters, created, revoked."""
+    from monitor.store.keys import list_keys
+
+    sessions, engine = _key_store()
+    try:
+        with sessions() as session:
+            rows = [(k.name, k.role, k.prefix, k.created_at, k.revoked_at) for k in list_keys(session)]
+    finally:
+        engine.dispose()
+    if not rows:
+        typer.echo("no keys yet: `monitor keys create --role admin`")
+        return
+    typer.echo(f"{'name':<24} {'role':<10} {'key':<12} {'created':<20} revoked")
+    for name, role, prefix, created, revoked in rows:
+        typer.echo(f"{name:<24} {role:<10} {prefix + '...':<12} {created:%Y-%m-%d %H:%M:%S}  "
+                   f"{revoked.strftime('%Y-%m-%d %H:%M:%S') if revoked else '-'}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(name: Annotated[str, typer.Argument(help="The key's name (see `monitor keys list`).")]) -> None:
+    """Revoke a key: from now on it gets 401."""
+    from monitor.store.keys import revoke_key
+
+    sessions, engine = _key_store()
+    try:
+        with sessions.begin() as session:
+            row = revoke_key(session, name)
+            found = row is not None
+    finally:
+        engine.dispose()
+    if not found:
+        typer.echo(f"error: no key named {name!r} (see `monitor keys list`)", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"revoked {name!r}")
+
+
 @db_app.command("upgrade")
 def db_upgrade(revision: Annotated[str, typer.Argument(help="Target revision.")] = "head") -> None:
     """Migrate the database at MONITOR_DATABASE_URL to the latest schema."""
@@ -315,6 +400,8 @@ def bench_analyze(
         "100000,300000,1000000"
     ),
     new: Annotated[int, typer.Option(help="New turns (signals not derived) before the measured run.", min=1)] = 10_000,
+    varied: Annotated[int, typer.Option(help="Turns whose every sentence is new, to time the deriver on.",
+                                        min=1)] = 1000,
     database_url: Annotated[str, typer.Option(help="PostgreSQL server to create the scratch databases on.")] = (
         "postgresql://postgres@127.0.0.1:5432/test"
     ),
@@ -349,7 +436,7 @@ def bench_analyze(
 
     try:
         with bars:
-            result = run_analyze_benchmark(sizes=counts, new=new, database_url=database_url, keep=keep,
+            result = run_analyze_benchmark(sizes=counts, new=new, varied=varied, database_url=database_url, keep=keep,
                                            echo=lambda line: typer.echo(line, err=True), progress=progress)
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)

@@ -9,6 +9,7 @@ status and firing alerts with their mode. Ctrl-C (or ``--duration``) stops every
 from __future__ import annotations
 
 import logging
+import secrets
 import socket
 import threading
 import time
@@ -88,7 +89,9 @@ def run_demo(settings: Settings, *, rate: float, duration: float, seed: int,
                 stop.set()
 
         def on_api(url: str) -> None:
+            key = _demo_admin_key(settings)
             console.print(f"API      {url}  (try {url}/readyz, {url}/docs)")
+            console.print(f"API key  {key}  (admin; curl -H 'Authorization: Bearer {key}' {url}/v1/alerts)")
             console.print(f"metrics  {url}/metrics")
             console.print("Ctrl-C stops everything.")
             threading.Thread(target=simulate, name="simulator", daemon=True).start()
@@ -103,6 +106,19 @@ def run_demo(settings: Settings, *, rate: float, duration: float, seed: int,
         broker.stop()
         logging.getLogger(__name__).info("demo stopped")
     console.print("demo stopped cleanly")
+
+
+def _demo_admin_key(settings: Settings) -> str:
+    """A fresh admin key for this demo (the store is migrated by the time the API listens)."""
+    from monitor.store.keys import create_key
+
+    engine = make_engine(settings.database_url)
+    try:
+        with make_session_factory(engine).begin() as session:
+            _, key = create_key(session, "admin", f"demo-admin-{secrets.token_hex(3)}")
+    finally:
+        engine.dispose()
+    return key
 
 
 def _copy(source: ProduceCounts, target: ProduceCounts) -> None:

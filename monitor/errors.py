@@ -6,7 +6,9 @@
     ├── ScoringError           a scorer could not score a batch at all
     ├── StoreUnavailable       the database cannot be reached
     ├── BrokerUnavailable      the Kafka bootstrap servers cannot be reached
-    └── NotFound               an API lookup found nothing (HTTP 404)
+    ├── NotFound               an API lookup found nothing (HTTP 404)
+    ├── Unauthorized           no API key, or an unknown or revoked one (HTTP 401)
+    └── Forbidden              a valid key whose role may not do this (HTTP 403)
 
 Third-party exceptions are translated at the boundary with ``raise ... from``. Errors that an API
 handler may raise carry an HTTP ``status_code``.
@@ -19,6 +21,8 @@ class MonitorError(Exception):
     """Base of every error `monitor` raises on purpose."""
 
     status_code = 500
+    #: Extra response headers when an API handler renders the error.
+    headers: dict[str, str] | None = None
 
 
 class ConfigError(MonitorError):
@@ -62,3 +66,16 @@ class NotFound(MonitorError):
     """The requested resource does not exist."""
 
     status_code = 404
+
+
+class Unauthorized(MonitorError):
+    """No API key, or one that is unknown or revoked."""
+
+    status_code = 401
+    headers = {"WWW-Authenticate": "Bearer"}
+
+
+class Forbidden(MonitorError):
+    """A valid API key whose role may not do this."""
+
+    status_code = 403

@@ -17,14 +17,14 @@ from monitor.errors import MonitorError
 _SHOWN_VALIDATION_ERRORS = 5
 
 
-def error_response(status: int, kind: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"type": kind, "message": message}}, status_code=status)
+def error_response(status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"type": kind, "message": message}}, status_code=status, headers=headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(MonitorError)
     def _monitor_error(_request: Request, exc: MonitorError) -> JSONResponse:
-        return error_response(exc.status_code, type(exc).__name__, str(exc))
+        return error_response(exc.status_code, type(exc).__name__, str(exc), exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
     def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:

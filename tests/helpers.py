@@ -15,6 +15,7 @@ from monitor.config import Settings
 from monitor.scoring.base import Scorer
 from monitor.service import run_service
 from monitor.store.db import make_engine, make_session_factory
+from monitor.store.keys import create_key
 from monitor.store.reads import StoreCounts, store_counts
 
 
@@ -29,6 +30,17 @@ def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+def api_key(database_url: str, role: str = "admin") -> dict[str, str]:
+    """Headers with a new API key of ``role``, created in the (migrated) store at ``database_url``."""
+    engine = make_engine(database_url)
+    try:
+        with make_session_factory(engine).begin() as session:
+            _, key = create_key(session, role)
+    finally:
+        engine.dispose()
+    return {"Authorization": f"Bearer {key}"}
 
 
 class ServiceThread:
@@ -56,6 +68,10 @@ class ServiceThread:
         if self.error:
             raise self.error
         return self
+
+    def headers(self, role: str = "admin") -> dict[str, str]:
+        """Headers with a new key of ``role`` (the service migrated the store before it listened)."""
+        return api_key(self.settings.database_url, role)
 
     @property
     def alive(self) -> bool:

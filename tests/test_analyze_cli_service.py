@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import httpx
+from sqlalchemy import func, select
 
 from monitor.store.db import make_engine, make_session_factory
 from monitor.store.migrate import upgrade
+from monitor.store.models import AnalysisRun, AnalyzerProgress, Turn
+from monitor.store.reads import store_counts
 from tests.analysis_data import REFERENCE, s1_traffic, write
 from tests.helpers import ServiceThread, produce, wait_for
 from tests.test_cli import run
@@ -65,18 +68,39 @@ def test_bench_detect_rejects_an_unknown_scenario() -> None:
     assert result.returncode == 2 and "unknown scenario(s) S9" in result.stderr
 
 
+def pipeline_state(database_url: str, http: httpx.Client) -> str:
+    engine = make_engine(database_url)
+    try:
+        with make_session_factory(engine)() as session:
+            counts = store_counts(session)
+            pending = session.scalar(select(func.count()).select_from(Turn).where(Turn.sig_length_tokens.is_(None)))
+            progress = session.scalar(select(AnalyzerProgress.checkpoint))
+            runs = session.scalar(select(func.count()).select_from(AnalysisRun))
+    finally:
+        engine.dispose()
+    metrics = [line for line in http.get("/metrics").text.splitlines()
+               if line.startswith(("monitor_analyze_runs_total", "monitor_signals_derived_total",
+                                   "monitor_messages_consumed_total"))]
+    return (f"{counts}; signals pending for {pending} turns; checkpoint {progress}; {runs} analysis runs; "
+            f"{metrics}")
+
+
 def test_serve_runs_the_analyzer_on_its_schedule(topic_settings, tmp_path) -> None:
     settings = topic_settings(database_url=f"sqlite:///{tmp_path / 'serve.db'}", analyze_interval_seconds=1.0,
                               analyze_reference_labels=REFERENCE, analyze_window_minutes=10.0,
                               analyze_drift_rows=100)
-    with ServiceThread(settings) as service, httpx.Client(base_url=service.url, timeout=10) as http:
+    with ServiceThread(settings) as service, httpx.Client(base_url=service.url, timeout=10,
+                                                          headers=service.headers()) as http:
         produce(settings, [(settings.conversations_topic if m.kind == "conversation" else settings.ratings_topic,
                             m.key.encode(), m.value) for m in s1_traffic()])
 
         def firing() -> list[dict]:
             return http.get("/v1/alerts", params={"state": "firing"}).json()["alerts"]
 
-        alerts = wait_for(firing, timeout=120, interval=1.0, what="a firing alert")
+        try:
+            alerts = wait_for(firing, timeout=120, interval=1.0, what="a firing alert")
+        except AssertionError as exc:  # say where the pipeline stood
+            raise AssertionError(f"{exc}: {pipeline_state(settings.database_url, http)}") from exc
         assert any(a["mode"] == "verbosity" and a["direction"] == "down" for a in alerts)
         wait_for(lambda: all(a["published"] for a in firing()), timeout=60, what="alerts published")
         metrics = http.get("/metrics").text

@@ -32,7 +32,7 @@ from monitor.store.db import make_engine, make_session_factory
 from monitor.store.migrate import upgrade
 from monitor.store.models import Alert, AnalysisRun, SegmentState, Turn
 from tests.analysis_data import REFERENCE, assert_same_states, s1_traffic, write
-from tests.helpers import read_topic, wait_for
+from tests.helpers import api_key, read_topic, wait_for
 
 
 @pytest.fixture
@@ -94,7 +94,7 @@ def test_length_hacking_is_flagged_persisted_published_and_served(traffic, sessi
                                           ProducerRewardScorer())), "127.0.0.1", 0)
     api.start()
     try:
-        with httpx.Client(base_url=api.url, timeout=10) as http:
+        with httpx.Client(base_url=api.url, timeout=10, headers=api_key(migrated_url)) as http:
             listed = http.get("/v1/alerts", params={"state": "firing"}).json()["alerts"]
             assert {a["key"] for a in listed} == {a.key for a in stored if a.state == "firing"}
             first = next(a for a in listed if a["key"] == hacked[0].key)
@@ -194,13 +194,14 @@ def test_an_empty_store_gives_an_empty_run_and_the_api_says_why(sessions, migrat
     api = ApiServer(create_app(AppContext(settings, engine, sessions, HealthState(), CollectorRegistry(),
                                           ProducerRewardScorer())), "127.0.0.1", 0)
     api.start()
+    headers = api_key(migrated_url, "viewer")
     try:
-        segments = httpx.get(f"{api.url}/v1/segments", timeout=10).json()
+        segments = httpx.get(f"{api.url}/v1/segments", timeout=10, headers=headers).json()
         assert all(s["status"] == "warming_up" and s["reference_labels_needed"] == REFERENCE
                    for s in segments["segments"])
-        missing = httpx.get(f"{api.url}/v1/reports/drift", timeout=10)
+        missing = httpx.get(f"{api.url}/v1/reports/drift", timeout=10, headers=headers)
         assert missing.status_code == 404 and "no drift report yet" in missing.json()["error"]["message"]
-        assert httpx.get(f"{api.url}/v1/alerts", timeout=10).json() == {"alerts": []}
+        assert httpx.get(f"{api.url}/v1/alerts", timeout=10, headers=headers).json() == {"alerts": []}
     finally:
         api.stop()
         engine.dispose()

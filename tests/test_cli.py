@@ -16,10 +16,11 @@ from sqlalchemy import select
 from monitor.broker import free_port
 from monitor.sim import banks, paraphrases
 from monitor.store.db import make_engine, make_session_factory
+from monitor.store.keys import active_key
 from monitor.store.migrate import head_revision
-from monitor.store.models import Turn
+from monitor.store.models import ApiKey, Turn
 from tests.factories import conversation, wire
-from tests.helpers import counts, produce, read_topic, wait_for
+from tests.helpers import api_key, counts, produce, read_topic, wait_for
 
 
 def monitor_env(**settings: object) -> dict[str, str]:
@@ -36,7 +37,7 @@ def run(*args: str, timeout: float = 120, **settings: object) -> subprocess.Comp
 def test_help_lists_every_command() -> None:
     result = run("--help")
     assert result.returncode == 0
-    for command in ("serve", "demo", "simulate", "db", "bench", "signals"):
+    for command in ("serve", "demo", "simulate", "db", "bench", "signals", "keys"):
         assert command in result.stdout
 
 
@@ -85,7 +86,8 @@ def test_serve_ingests_and_finishes_cleanly_on_sigterm(topic_settings, tmp_path)
     try:
         wait_for(lambda: _answers(f"http://127.0.0.1:{port}/healthz"), timeout=60, what="the API")
         wait_for(lambda: counts(url).turns == 20, timeout=60, what="20 turns")
-        assert httpx.get(f"http://127.0.0.1:{port}/v1/conversations/s-3").json()["turns"][0]["turn"] == 0
+        served = httpx.get(f"http://127.0.0.1:{port}/v1/conversations/s-3", headers=api_key(url)).json()
+        assert served["turns"][0]["turn"] == 0
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=30)
     finally:
@@ -160,7 +162,8 @@ def test_demo_runs_everything_and_stops_cleanly(tmp_path) -> None:
         metrics = httpx.get(f"http://127.0.0.1:{api_port}/metrics").text
         assert 'monitor_messages_consumed_total{topic="conversations"}' in metrics
         # The bundled demo reward model (MiniLM + Bradley-Terry head) scores the traffic.
-        identity = httpx.get(f"http://127.0.0.1:{api_port}/v1/reward-model").json()["identity"]
+        identity = httpx.get(f"http://127.0.0.1:{api_port}/v1/reward-model",
+                             headers=api_key(url, "viewer")).json()["identity"]
         assert identity.startswith("transformers:demo-rm-v1@")
         engine = make_engine(url)
         with make_session_factory(engine)() as session:
@@ -175,6 +178,15 @@ def test_demo_runs_everything_and_stops_cleanly(tmp_path) -> None:
     assert process.returncode == 0, stderr[-2000:]
     assert f"http://127.0.0.1:{api_port}" in stderr
     assert "metrics" in stderr and "demo stopped cleanly" in stderr
+    # The demo printed an admin key of its own, and the store knows it (by its digest only).
+    printed = re.search(r"API key  (mon_\S+)  \(admin", stderr)
+    assert printed, stderr[-2000:]
+    engine = make_engine(url)
+    with make_session_factory(engine)() as session:
+        demo_key = active_key(session, printed[1])
+        assert demo_key is not None and demo_key.role == "admin" and demo_key.name.startswith("demo-admin-")
+        assert printed[1] not in str(session.execute(select(ApiKey.digest, ApiKey.prefix, ApiKey.name)).all())
+    engine.dispose()
 
 
 def test_demo_with_a_duration_stops_by_itself(tmp_path) -> None:

@@ -33,7 +33,7 @@ def test_conversations_ratings_and_dead_letters_flow_end_to_end(topic_settings, 
     with ServiceThread(settings) as service:
         wait_for(lambda: counts(database_url).turns == 41 and counts(database_url).dead_letters == 1,
                  what="41 turns and 1 dead letter")
-        with httpx.Client(base_url=service.url, timeout=10) as http:
+        with httpx.Client(base_url=service.url, timeout=10, headers=service.headers()) as http:
             assert http.get("/healthz").json() == {"status": "ok"}
             wait_for(lambda: http.get("/readyz").status_code == 200, what="readiness")
 

@@ -34,9 +34,10 @@ def test_the_reward_model_scores_live_traffic(topic_settings, tmp_path, rm_dir) 
     reference = TransformersScorer(str(rm_dir), cache_size=0)
     with ServiceThread(settings) as service:
         wait_for(lambda: counts(url).turns == len(events), what="all turns scored and stored")
-        identity = httpx.get(f"{service.url}/v1/reward-model").json()["identity"]
+        headers = service.headers()
+        identity = httpx.get(f"{service.url}/v1/reward-model", headers=headers).json()["identity"]
         metrics = httpx.get(f"{service.url}/metrics").text
-        turn = httpx.get(f"{service.url}/v1/conversations/c-long").json()["turns"][0]
+        turn = httpx.get(f"{service.url}/v1/conversations/c-long", headers=headers).json()["turns"][0]
     assert identity == reference.identity and identity.startswith("transformers:")
     assert f'monitor_reward_model_info{{identity="{identity}"}} 1.0' in metrics
     assert "monitor_scoring_errors_total 1.0" in metrics

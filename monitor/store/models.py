@@ -244,3 +244,17 @@ class AnalysisRun(Base):
     segments: Mapped[list] = mapped_column(Json)
     drift_summary: Mapped[dict | None] = mapped_column(Json)
     drift_html: Mapped[str | None] = mapped_column(Text)
+
+
+class ApiKey(Base):
+    """An API key: its SHA-256 digest (the key itself is shown once, at creation), name and role."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))  # the key's first characters, to recognise it
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -1,7 +1,7 @@
 """What the analyzer found: ``GET /v1/alerts``, ``GET /v1/segments``, ``GET /v1/reports/drift``.
 
 All three read what the latest analyzer run wrote to the store; none of them computes anything,
-so every API replica answers the same.
+so every API replica answers the same. Viewer and admin keys.
 """
 
 from __future__ import annotations
@@ -9,16 +9,18 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel
 
+from monitor.api.auth import require
 from monitor.api.deps import ContextDep, SessionDep
+from monitor.auth import VIEW
 from monitor.errors import NotFound
 from monitor.store.analysis import latest_run, list_alerts
 from monitor.store.models import Alert, AnalysisRun
 
-router = APIRouter(prefix="/v1", tags=["analysis"])
+router = APIRouter(prefix="/v1", tags=["analysis"], dependencies=[Depends(require(VIEW))])
 
 
 class AlertOut(BaseModel):

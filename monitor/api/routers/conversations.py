@@ -1,14 +1,17 @@
-"""`GET /v1/conversations/{conversation_id}`: a conversation's turns, scores and ratings."""
+"""`GET /v1/conversations/{conversation_id}`: a conversation's turns, scores and ratings (admin keys:
+the raw text)."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from pydantic import BaseModel
 
+from monitor.api.auth import require
 from monitor.api.deps import SessionDep
+from monitor.auth import ADMIN
 from monitor.errors import NotFound
 from monitor.store.models import RatingRow, Turn
 from monitor.store.reads import conversation_ratings, conversation_turns
@@ -76,7 +79,8 @@ class ConversationOut(BaseModel):
     ratings_waiting: int
 
 
-@router.get("/{conversation_id}")
+# Raw text: admin keys only. Viewers get the redacted text once PII redaction lands (issue 9).
+@router.get("/{conversation_id}", dependencies=[Depends(require(ADMIN))])
 def get_conversation(conversation_id: str, session: SessionDep) -> ConversationOut:
     turns = conversation_turns(session, conversation_id)
     ratings = conversation_ratings(session, conversation_id)

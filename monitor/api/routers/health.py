@@ -1,12 +1,15 @@
-"""Liveness, readiness and the Prometheus scrape endpoint."""
+"""Liveness, readiness and the Prometheus scrape endpoint (open, no key), and which reward model
+scores (viewer and admin keys)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from monitor.api.auth import require
 from monitor.api.deps import ContextDep
+from monitor.auth import VIEW
 from monitor.errors import StoreUnavailable
 from monitor.store.db import ping
 
@@ -43,7 +46,7 @@ def readyz(context: ContextDep) -> JSONResponse:
     return JSONResponse(body, status_code=200 if ready else 503)
 
 
-@router.get("/v1/reward-model")
+@router.get("/v1/reward-model", dependencies=[Depends(require(VIEW))])
 def reward_model(context: ContextDep) -> dict[str, str]:
     """Which scorer scores new responses (``kind:model@revision``); each stored turn keeps its own."""
     return {"identity": context.scorer.identity}
