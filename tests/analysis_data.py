@@ -31,16 +31,21 @@ def write(sessions, messages: Iterable[SimulatedMessage], chunk: int = 1000) -> 
     """Write messages through the ingest decoder into the store, ``chunk`` records per batch."""
     messages = list(messages)
     for start in range(0, len(messages), chunk):
-        records = [KafkaRecord(m.kind + "s", 0, start + i, m.key.encode(), m.value)
-                   for i, m in enumerate(messages[start:start + chunk])]
-        batch = decode_batch(records, conversations_topic="conversations", ratings_topic="ratings")
-        now = utcnow()
-        with sessions.begin() as session:
-            write_ingest_batch(session, group_id="g",
-                               turns=[turn_row(r, e, ScoreOutcome(e.reward), "producer", now)
-                                      for r, e in batch.conversations],
-                               ratings=[rating_row(r, e, now) for r, e in batch.ratings],
-                               dead_letters=[], next_offsets={})
+        write_records(sessions, [KafkaRecord(m.kind + "s", 0, start + i, m.key.encode(), m.value)
+                                 for i, m in enumerate(messages[start:start + chunk])])
+
+
+def write_records(sessions, records: list[KafkaRecord], *, group_id: str = "g",
+                  next_offsets: dict[tuple[str, int], int] | None = None) -> None:
+    """One ingest batch of ``records`` (topics ``conversations`` and ``ratings``), offsets as given."""
+    batch = decode_batch(records, conversations_topic="conversations", ratings_topic="ratings")
+    now = utcnow()
+    with sessions.begin() as session:
+        write_ingest_batch(session, group_id=group_id,
+                           turns=[turn_row(r, e, ScoreOutcome(e.reward), "producer", now)
+                                  for r, e in batch.conversations],
+                           ratings=[rating_row(r, e, now) for r, e in batch.ratings],
+                           dead_letters=[], next_offsets=next_offsets or {})
 
 
 def assert_same_states(first: dict[str, SegmentState], second: dict[str, SegmentState]) -> None:

@@ -6,6 +6,7 @@ import json
 import threading
 import uuid
 import zlib
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import numpy as np
@@ -24,14 +25,16 @@ from monitor.api.server import ApiServer
 from monitor.broker import free_port
 from monitor.events import parse_flag
 from monitor.health import HealthState
+from monitor.ingest.records import KafkaRecord
 from monitor.metrics import Metrics
 from monitor.scoring.base import ProducerRewardScorer
 from monitor.sim.traffic import TrafficSimulator
-from monitor.store.analysis import earliest_unready_entry, prune_runs
+from monitor.store.analysis import earliest_unready_entry, partition_watermark, prune_runs
 from monitor.store.db import make_engine, make_session_factory
 from monitor.store.migrate import upgrade
-from monitor.store.models import Alert, AnalysisRun, SegmentState, Turn
-from tests.analysis_data import REFERENCE, assert_same_states, s1_traffic, write
+from monitor.store.models import Alert, AnalysisRun, ConsumerOffset, SegmentState, Turn, utcnow
+from monitor.store.writes import save_offsets
+from tests.analysis_data import REFERENCE, assert_same_states, s1_traffic, write, write_records
 from tests.helpers import api_key, read_topic, wait_for
 
 
@@ -322,6 +325,72 @@ def test_a_catch_up_in_pages_of_entry_time_gives_what_one_read_gives(traffic, se
     assert np.allclose(again[2], in_pages[2], rtol=1e-9, equal_nan=True) and np.isfinite(again[2]).any()
     with pytest.raises(ValueError, match="entry_page"):
         Analyzer(settings, sessions, entry_page=0)
+
+
+def write_partitioned(sessions, messages, lagging: int | None = None, hold_after: float | None = None) -> list:
+    """Write ``messages`` as ingest would from two partitions per topic (by conversation), offsets and
+    event times included; the ones of partition ``lagging`` past ``hold_after`` seconds of event time
+    are returned instead of written (a partition that ingest has not caught up on)."""
+    held, start = [], None
+    by_partition: dict[tuple[str, int], list] = {}
+    for message in messages:
+        partition = zlib.crc32(message.key.encode()) % 2
+        ts = json.loads(message.value)["ts"]
+        start = start or ts
+        if lagging == partition and hold_after is not None and \
+                datetime.fromisoformat(ts) - datetime.fromisoformat(start) > timedelta(seconds=hold_after):
+            held.append(message)
+            continue
+        by_partition.setdefault((message.kind + "s", partition), []).append(message)
+    for (topic, partition), batch in by_partition.items():
+        write_at(sessions, topic, partition, batch)
+    return held
+
+
+def write_at(sessions, topic: str, partition: int, messages: list, first_offset: int = 0) -> None:
+    records = [KafkaRecord(topic, partition, first_offset + i, m.key.encode(), m.value)
+               for i, m in enumerate(messages)]
+    write_records(sessions, records, group_id="monitor", next_offsets={(topic, partition): first_offset + len(records)})
+
+
+def test_a_partition_that_lags_holds_the_checkpoint_back_and_none_of_its_ratings_is_skipped(
+        traffic, sessions, migrated_url, topic_settings) -> None:
+    settings = analyzer_settings(topic_settings, migrated_url, consumer_group="monitor",
+                                 conversations_topic="conversations", ratings_topic="ratings")
+    held = write_partitioned(sessions, traffic, lagging=1, hold_after=400.0)
+    assert 100 < len(held) < len(traffic) // 2
+    analyzer = Analyzer(settings, sessions)
+    early = analyzer.run_once(publish=False)
+    with sessions() as session:
+        lagging_at = session.scalar(select(ConsumerOffset.event_time).where(ConsumerOffset.partition == 1,
+                                                                            ConsumerOffset.topic == "conversations"))
+    assert early.checkpoint is not None and early.checkpoint <= lagging_at.replace(tzinfo=early.checkpoint.tzinfo)
+
+    # Partition 1 catches up; the next run enters its rated turns too: as many as one run over
+    # everything written in order.
+    for topic in ("conversations", "ratings"):
+        write_at(sessions, topic, 1, [m for m in held if m.kind + "s" == topic], first_offset=10**6)
+    late = analyzer.run_once(publish=False)
+    caught_up = (early.entered + late.entered, [(a.key, a.state, a.started_at) for a in alerts(sessions)])
+    with sessions.begin() as session:
+        session.execute(delete(Alert))
+    analyzer.recompute()
+    whole = analyzer.run_once(publish=False)
+    assert caught_up == (whole.entered, [(a.key, a.state, a.started_at) for a in alerts(sessions)])
+
+
+def test_partition_watermark_takes_the_lowest_active_partition_and_never_moves_back(sessions) -> None:
+    base = datetime(2026, 11, 1, tzinfo=UTC)
+    with sessions.begin() as session:
+        save_offsets(session, "g", {("t", 0): 10, ("t", 1): 10}, {("t", 0): base + timedelta(hours=2),
+                                                                    ("t", 1): base + timedelta(hours=1)})
+        save_offsets(session, "g", {("t", 1): 20}, {("t", 1): base})  # an older event: no step back
+        assert partition_watermark(session, "g", "t", idle_seconds=300) == base + timedelta(hours=1)
+        assert partition_watermark(session, "other", "t", idle_seconds=300) is None
+        session.execute(update(ConsumerOffset).where(ConsumerOffset.partition == 1)
+                        .values(updated_at=utcnow() - timedelta(minutes=10)))  # partition 1 went idle
+        save_offsets(session, "g", {("t", 0): 30}, {("t", 0): base + timedelta(hours=3)})
+        assert partition_watermark(session, "g", "t", idle_seconds=300) == base + timedelta(hours=3)
 
 
 def test_signals_are_derived_once_off_the_ingest_path_and_the_producers_risk_wins(sessions) -> None:

@@ -29,7 +29,7 @@ def test_bench_analyze_prints_a_row_per_size_and_drops_its_databases() -> None:
     before = _bench_databases()
     result = subprocess.run(
         [sys.executable, "-m", "monitor", "bench", "analyze", "--sizes", ",".join(map(str, SIZES)),
-         "--new", str(NEW), "--database-url", POSTGRES_ADMIN_URL],
+         "--new", str(NEW), "--varied", "100", "--database-url", POSTGRES_ADMIN_URL],
         capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = {int(match[1].replace(",", "")): [float(value) for value in re.findall(r"\d+\.?\d*", match[2])]

@@ -15,8 +15,11 @@ A run, under the analyzer lock (a PostgreSQL advisory lock on a connection of it
    the run row.
 5. **Publish** alert changes to the flags topic; an alert is marked published once Kafka acked it.
 
-Watermarks: the event time of the 10th latest turn (and rating), never ahead of the wall clock
-plus the ingest tolerance, so no single event can move it. Entries settle ``settle_seconds``
+Watermarks: per topic, the earlier of the event time of its 10th latest event and the lowest
+latest-event-time of its partitions that are still active (ingest records one per partition with
+its offsets), never ahead of the wall clock plus the ingest tolerance: no single event can move it,
+and a partition that lags (a backfill, where partitions are consumed at different speeds) holds it
+back instead of having its rated turns skipped. Entries settle ``settle_seconds``
 behind the slower of the two topics' watermarks, so a rating still in flight on a lagging topic
 is not skipped.
 """
@@ -61,6 +64,7 @@ from monitor.store.analysis import (
     from_seconds,
     latest_run,
     load_states,
+    partition_watermark,
     prompts_by_event_id,
     prune_runs,
     recent_entry_rows,
@@ -84,6 +88,9 @@ log = logging.getLogger(__name__)
 #: many of them keep their drift report's HTML (a few MB each).
 RUNS_KEPT = 100
 REPORTS_KEPT = 3
+#: A partition that stored nothing for this long (wall clock) while others did no longer holds the
+#: watermark back: a topic with more partitions than traffic must not stall the analyzer.
+PARTITION_IDLE_SECONDS = 300.0
 #: Entries a run reads at once: a catch-up over more goes page by page, so its memory is a page's.
 ENTRY_PAGE = 50_000
 
@@ -308,7 +315,7 @@ class Analyzer:
             self._bound(session)
             states = {name: SegmentState.from_json(value) for name, value in load_states(session).items()}
             previous = checkpoint(session)
-            turns_at, ratings_at = watermarks(session)
+            turns_at, ratings_at = _lowest(watermarks(session), self._partition_watermarks(session))
             watermark = min(turns_at, limit) if turns_at is not None else None
             until = None
             if watermark is not None:
@@ -347,6 +354,14 @@ class Analyzer:
             window_divergence=np.array([np.nan if stored[i] is None else stored[i] for i in window_frame.row_id],
                                        dtype=float),
             firing=firing, drift_due=bool(drift))
+
+    def _partition_watermarks(self, session: Session) -> tuple[datetime | None, datetime | None]:
+        """Per topic, the lowest event time of its active partitions (a lagging one holds it back)."""
+        settings = self.settings
+        return (partition_watermark(session, settings.consumer_group, settings.conversations_topic,
+                                    idle_seconds=PARTITION_IDLE_SECONDS),
+                partition_watermark(session, settings.consumer_group, settings.ratings_topic,
+                                    idle_seconds=PARTITION_IDLE_SECONDS))
 
     def _segments(self, snapshot: _Snapshot, result: Advance) -> list[dict]:
         firing: dict[str, dict[str, list[str]]] = defaultdict(dict)
@@ -455,6 +470,15 @@ def _lap(phases: dict[str, float], name: str, since: float) -> float:
     now = time.monotonic()
     phases[name] = phases.get(name, 0.0) + now - since
     return now
+
+
+def _lowest(*pairs: tuple[datetime | None, datetime | None]) -> tuple[datetime | None, datetime | None]:
+    """Element-wise the earliest of the known values (None where none is known)."""
+    out = []
+    for values in zip(*pairs, strict=True):
+        known = [value for value in values if value is not None]
+        out.append(min(known) if known else None)
+    return out[0], out[1]
 
 
 def _entry_frame(rows: list[dict], scheme: SegmentScheme, config: AnalysisConfig) -> TurnFrame:

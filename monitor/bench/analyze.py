@@ -101,7 +101,7 @@ class SizeResult:
     warm_up: RunMeasurement  # the previous run, over WARM_UP_NEW new turns, in the measured run's process
     scheduled: RunMeasurement  # the next run, after the new turns, in that same warm process
     deriving: RunMeasurement  # the deriver over the new turns, in a warm process of its own
-    varied: RunMeasurement  # the same deriver over VARIED_NEW turns whose every sentence is new
+    varied: RunMeasurement  # the same deriver over turns whose every sentence is new (VARIED_NEW by default)
 
 
 @dataclass
@@ -179,32 +179,32 @@ def bench_database(database_url: str, label: str, *, keep: bool = False) -> Iter
                 connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def run_analyze_benchmark(*, sizes: tuple[int, ...] = DEFAULT_SIZES, new: int = DEFAULT_NEW,
+def run_analyze_benchmark(*, sizes: tuple[int, ...] = DEFAULT_SIZES, new: int = DEFAULT_NEW, varied: int = VARIED_NEW,
                           database_url: str = "postgresql://postgres@127.0.0.1:5432/test", keep: bool = False,
                           echo: Callable[[str], None] = print,
                           progress: Callable[[str, int], Callable[[int], None]] | None = None) -> AnalyzeBenchResult:
     """Run the bench at each of ``sizes`` (stored turns) with ``new`` new turns before the measured
     run. ``progress(description, total)`` returns a callback taking the rows loaded so far."""
-    if not sizes or min(sizes) < 1 or new < 1:
-        raise ValueError(f"sizes and new must be positive, got sizes={sizes}, new={new}")
+    if not sizes or min(sizes) < 1 or new < 1 or varied < 1:
+        raise ValueError(f"sizes, new and varied must be positive, got sizes={sizes}, new={new}, varied={varied}")
     result = AnalyzeBenchResult(new=new)
     for size in sizes:
         with bench_database(database_url, str(size), keep=keep) as url:
             if keep:
                 echo(f"database kept: {url}")
-            result.sizes.append(_bench_size(url, size, new, echo, progress))
+            result.sizes.append(_bench_size(url, size, new, varied, echo, progress))
             echo(f"{size:,} stored: catch-up {result.sizes[-1].catch_up.seconds:.2f} s, "
                  f"scheduled run {result.sizes[-1].scheduled.seconds:.2f} s")
     return result
 
 
-def _bench_size(url: str, size: int, new: int, echo: Callable[[str], None],
+def _bench_size(url: str, size: int, new: int, varied: int, echo: Callable[[str], None],
                 progress: Callable[[str, int], Callable[[int], None]] | None) -> SizeResult:
     # Imported here, not at the top: the measuring child's import cost stays the analyzer's own.
     from monitor.bench.bulk_turns import SyntheticTurns
 
     # The stream ends _LEAD before now, so every turn's event time is already past.
-    start = datetime.now(UTC) - _LEAD - timedelta(seconds=(size + WARM_UP_NEW + new + VARIED_NEW) / 10.0)
+    start = datetime.now(UTC) - _LEAD - timedelta(seconds=(size + WARM_UP_NEW + new + varied) / 10.0)
     turns = SyntheticTurns(start)
     fresh = SyntheticTurns(start, seed=1, pool=WARM_UP_NEW + new)  # every new turn its own text
     started = time.perf_counter()
@@ -226,9 +226,9 @@ def _bench_size(url: str, size: int, new: int, echo: Callable[[str], None],
                    progress=progress(f"adding {new:,} new turns", new) if progress else None)
         deriving = deriver.derive()
         scheduled = analyzer.run()
-        fresh.load(url, size + WARM_UP_NEW + new, VARIED_NEW, derived=False, unique_sentences=True)
-        varied = deriver.derive()
-    return SizeResult(size, load_seconds, catch_up, warm_up, scheduled, deriving, varied)
+        fresh.load(url, size + WARM_UP_NEW + new, varied, derived=False, unique_sentences=True)
+        on_varied_text = deriver.derive()
+    return SizeResult(size, load_seconds, catch_up, warm_up, scheduled, deriving, on_varied_text)
 
 
 def _vacuum_analyze(url: str) -> None:

@@ -19,7 +19,16 @@ from sqlalchemy.orm import Session
 
 from monitor.signals import SIGNAL_COLUMNS
 from monitor.store.db import STAGING_TABLES
-from monitor.store.models import Alert, AnalysisRun, AnalyzerProgress, RatingRow, SegmentState, Turn, utcnow
+from monitor.store.models import (
+    Alert,
+    AnalysisRun,
+    AnalyzerProgress,
+    ConsumerOffset,
+    RatingRow,
+    SegmentState,
+    Turn,
+    utcnow,
+)
 
 #: Arbitrary but fixed key of the PostgreSQL advisory lock that keeps to one analyzer at a time.
 ANALYZER_LOCK_KEY = 0x6D6F6E61  # "mona"
@@ -135,6 +144,23 @@ def watermarks(session: Session, *, rank: int = WATERMARK_RANK) -> tuple[datetim
         latest = list(session.scalars(select(column).order_by(column.desc()).limit(rank)))
         out.append(latest[-1] if latest else None)
     return out[0], out[1]
+
+
+def partition_watermark(session: Session, group_id: str, topic: str, *, idle_seconds: float) -> datetime | None:
+    """The lowest latest-event-time of ``topic``'s partitions as ``group_id`` stored them, among those
+    that stored something in the ``idle_seconds`` (wall clock) before the busiest did: a partition
+    that lags holds the watermark back; one with no traffic at all stops doing so once idle. None
+    when no partition recorded an event time (a store filled by other means than ingest)."""
+    rows = session.execute(
+        select(ConsumerOffset.event_time, ConsumerOffset.updated_at)
+        .where(ConsumerOffset.group_id == group_id, ConsumerOffset.topic == topic,
+               ConsumerOffset.event_time.is_not(None))).all()
+    if not rows:
+        return None
+    busiest = max(updated for _, updated in rows)
+    active = [event_time for event_time, updated in rows
+              if event_time is not None and (busiest - updated).total_seconds() <= idle_seconds]
+    return min(active) if active else None
 
 
 def entry_rows(session: Session, after: datetime | None, until: datetime) -> list[dict[str, Any]]:

@@ -171,6 +171,9 @@ class ConsumerOffset(Base):
     topic: Mapped[str] = mapped_column(String(256), primary_key=True)
     partition: Mapped[int] = mapped_column(Integer, primary_key=True)
     next_offset: Mapped[int] = mapped_column(BigInteger)
+    # Latest event time stored from this partition (never moves back): the analyzer's watermark is
+    # the lowest of the active partitions', so it waits for a partition that lags (a backfill).
+    event_time: Mapped[datetime | None] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

@@ -10,6 +10,7 @@ event time wins), never accumulated, so it comes out the same in whatever order 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from psycopg.types.json import Json
@@ -70,13 +71,17 @@ def _copy_then_insert(session: Session, table: Table, rows: Sequence[Mapping[str
     cursor.execute(f'TRUNCATE "{stage}"')
 
 
-def save_offsets(session: Session, group_id: str, next_offsets: Mapping[tuple[str, int], int]) -> None:
-    """Record the next offset to consume per (topic, partition); an offset never moves backwards."""
+def save_offsets(session: Session, group_id: str, next_offsets: Mapping[tuple[str, int], int],
+                 event_times: Mapping[tuple[str, int], datetime] | None = None) -> None:
+    """Record the next offset to consume per (topic, partition), and the latest event time stored
+    from it; neither ever moves backwards."""
     if not next_offsets:
         return
     now = utcnow()
+    times = event_times or {}
     rows = [
-        {"group_id": group_id, "topic": t, "partition": p, "next_offset": o, "updated_at": now}
+        {"group_id": group_id, "topic": t, "partition": p, "next_offset": o, "event_time": times.get((t, p)),
+         "updated_at": now}
         for (t, p), o in sorted(next_offsets.items())
     ]
     table = ConsumerOffset.__table__
@@ -87,10 +92,14 @@ def save_offsets(session: Session, group_id: str, next_offsets: Mapping[tuple[st
         (statement.excluded.next_offset > table.c.next_offset, statement.excluded.next_offset),
         else_=table.c.next_offset,
     )
+    latest = case(
+        (statement.excluded.event_time > table.c.event_time, statement.excluded.event_time),
+        else_=func.coalesce(table.c.event_time, statement.excluded.event_time),
+    )
     session.execute(
         statement.on_conflict_do_update(
             index_elements=["group_id", "topic", "partition"],
-            set_={"next_offset": newest, "updated_at": statement.excluded.updated_at},
+            set_={"next_offset": newest, "event_time": latest, "updated_at": statement.excluded.updated_at},
         ),
         rows,
     )
@@ -168,5 +177,10 @@ def write_ingest_batch(
     insert_ignoring_duplicates(session, DeadLetter.__table__, dead_letters)
     keys = [(row["conversation_id"], row["turn"]) for row in (*turns, *ratings)]
     join_ratings(session, keys)
-    save_offsets(session, group_id, next_offsets)
+    event_times: dict[tuple[str, int], datetime] = {}
+    for row in (*turns, *ratings):
+        position = (row["source_topic"], row["source_partition"])
+        if position not in event_times or row["ts"] > event_times[position]:
+            event_times[position] = row["ts"]
+    save_offsets(session, group_id, next_offsets, event_times)
     session.flush()
