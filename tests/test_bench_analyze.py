@@ -41,7 +41,7 @@ def test_bench_analyze_prints_a_row_per_size_and_drops_its_databases() -> None:
         (load, catch_up, warm_up, scheduled, read, compute, write, cpu, rss_before, peak,
          deriving, rate, deriver_cpu, deriver_peak, varied_rate) = values
         assert min(load, catch_up, warm_up, scheduled, cpu, deriving, deriver_cpu) > 0
-        assert read + compute + write <= scheduled
+        assert read + compute + write <= scheduled + 0.02  # each printed to 0.01
         assert rate == pytest.approx(NEW / deriving, rel=0.02, abs=1)
         assert 0 < varied_rate < rate  # every sentence through the encoder: slower than cached text
         assert 50 < rss_before <= peak < 4096 and peak < deriver_peak  # the run loads no classifier
