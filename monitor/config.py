@@ -119,6 +119,10 @@ class Settings(BaseSettings):
         default=120.0, ge=0, description="Rated turns enter the detectors this far behind the slower of the "
         "conversations' and ratings' watermarks (event time), so ratings still in flight are not skipped.",
     )
+    analyze_partition_idle_seconds: float = Field(
+        default=300.0, gt=0, description="A partition that stored nothing for this long (wall clock) while "
+        "others did stops holding the analyzer's watermark back.",
+    )
     analyze_drift_interval_seconds: float = Field(
         default=600.0, ge=0, description="Scheduled runs rebuild the drift report at most this often."
     )

@@ -88,9 +88,6 @@ log = logging.getLogger(__name__)
 #: many of them keep their drift report's HTML (a few MB each).
 RUNS_KEPT = 100
 REPORTS_KEPT = 3
-#: A partition that stored nothing for this long (wall clock) while others did no longer holds the
-#: watermark back: a topic with more partitions than traffic must not stall the analyzer.
-PARTITION_IDLE_SECONDS = 300.0
 #: Entries a run reads at once: a catch-up over more goes page by page, so its memory is a page's.
 ENTRY_PAGE = 50_000
 
@@ -357,11 +354,12 @@ class Analyzer:
 
     def _partition_watermarks(self, session: Session) -> tuple[datetime | None, datetime | None]:
         """Per topic, the lowest event time of its active partitions (a lagging one holds it back)."""
-        settings = self.settings
+        # A partition idle for MONITOR_ANALYZE_PARTITION_IDLE_SECONDS while others are not stops
+        # holding it back: a topic with more partitions than traffic must not stall the analyzer.
+        settings, idle = self.settings, self.settings.analyze_partition_idle_seconds
         return (partition_watermark(session, settings.consumer_group, settings.conversations_topic,
-                                    idle_seconds=PARTITION_IDLE_SECONDS),
-                partition_watermark(session, settings.consumer_group, settings.ratings_topic,
-                                    idle_seconds=PARTITION_IDLE_SECONDS))
+                                    idle_seconds=idle),
+                partition_watermark(session, settings.consumer_group, settings.ratings_topic, idle_seconds=idle))
 
     def _segments(self, snapshot: _Snapshot, result: Advance) -> list[dict]:
         firing: dict[str, dict[str, list[str]]] = defaultdict(dict)
