@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import re
 import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ import numpy as np
 
 from monitor.analyze.embeddings import default_model_path, load_encoder
 from monitor.errors import ConfigError
+from monitor.lru import BoundedLru
 from monitor.scoring.transformers_scorer import weights_fingerprint
 from monitor.signals import DEFAULT_COMPLIANCE, ComplianceRules, lexical_markers
 
@@ -237,8 +237,7 @@ class StyleClassifier:
 
     def __init__(self, heads: StyleHeads, encoder: SentenceEncoder | None = None, *,
                  cache_size: int = 100_000) -> None:
-        if cache_size < 0:
-            raise ValueError(f"cache_size must be >= 0, got {cache_size}")
+        self._cache: BoundedLru[str, np.ndarray] = BoundedLru(cache_size)
         self.heads = heads
         self.encoder = encoder if encoder is not None else SentenceEncoder(layers=heads.layers)
         if self.encoder.layers != heads.layers:
@@ -246,20 +245,13 @@ class StyleClassifier:
         if self.encoder.identity != heads.encoder:
             raise ConfigError(f"the style heads were trained on {heads.encoder}, the encoder is "
                               f"{self.encoder.identity}: retrain them (monitor signals train)")
-        self.cache_size = cache_size
-        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
 
     def score(self, sentences: Sequence[str]) -> SentenceScores:
         """Scores of ``sentences`` (as :func:`split_sentences` gives them), in order."""
         width = len(STYLE_LABELS)
         with self._lock:
-            found = {}
-            for sentence in dict.fromkeys(sentences):
-                row = self._cache.get(sentence)
-                if row is not None:
-                    self._cache.move_to_end(sentence)
-                    found[sentence] = row
+            found = self._cache.get_many(sentences)
         missing = [sentence for sentence in dict.fromkeys(sentences) if sentence not in found]
         if missing:
             lexical = lexical_features(missing)
@@ -268,10 +260,7 @@ class StyleClassifier:
             with self._lock:
                 for sentence, row in zip(missing, rows, strict=True):
                     found[sentence] = row
-                    if self.cache_size:
-                        self._cache[sentence] = row
-                        if len(self._cache) > self.cache_size:
-                            self._cache.popitem(last=False)
+                    self._cache.put(sentence, row)
         table = np.array([found[s] for s in sentences]).reshape(len(sentences), 2 * width)
         return SentenceScores(table[:, :width], table[:, width:] > 0.5)
 

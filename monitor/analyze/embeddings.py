@@ -23,7 +23,6 @@ ValueError: device must be one of auto, cpu, cuda, mps (optionally cuda:N), got 
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ import numpy as np
 import torch
 
 from monitor.errors import ConfigError
+from monitor.lru import BoundedLru
 from monitor.scoring.transformers_scorer import resolve_device, weights_fingerprint
 
 #: Width of an all-MiniLM-L6-v2 embedding.
@@ -92,12 +92,10 @@ class PromptEmbedder:
             raise ValueError(f"batch_size must be > 0, got {batch_size}")
         if not 2 <= max_length <= MAX_POSITIONS:
             raise ValueError(f"max_length must be in 2..{MAX_POSITIONS} ([CLS] and [SEP] need two), got {max_length}")
-        if cache_size < 0:
-            raise ValueError(f"cache_size must be >= 0, got {cache_size}")
+        self._cache: BoundedLru[str, np.ndarray] = BoundedLru(cache_size)
         self.device = resolve_device(device)
         self.batch_size = batch_size
         self.max_length = max_length
-        self.cache_size = cache_size
         self.model_path = Path(model_path) if model_path is not None else default_model_path()
         if not self.model_path.is_dir():
             raise ConfigError(f"no sentence-embedding model directory at {self.model_path}")
@@ -105,7 +103,6 @@ class PromptEmbedder:
         self.identity = f"{name}@{weights_fingerprint(self.model_path)}"
         self._tokenizer: Any = None
         self._model: Any = None
-        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         # One embed at a time: the lazy load and the LRU's reordering are not safe to interleave.
         self._lock = threading.Lock()
 
@@ -118,17 +115,12 @@ class PromptEmbedder:
             if not isinstance(text, str):
                 raise TypeError(f"texts[{index}] is {type(text).__name__}, not str")
         with self._lock:
-            found: dict[str, np.ndarray] = {}
-            for text in dict.fromkeys(texts):
-                row = self._cache.get(text)
-                if row is not None:
-                    self._cache.move_to_end(text)
-                    found[text] = row
+            found = self._cache.get_many(texts)
             missing = [text for text in dict.fromkeys(texts) if text not in found]
             if missing:
                 for text, row in zip(missing, self._encode(missing), strict=True):
                     found[text] = row
-                    self._remember(text, row)
+                    self._cache.put(text, row)
         if not texts:
             return np.zeros((0, self._width()), dtype=np.float32)
         return np.stack([found[text] for text in texts]).astype(np.float32, copy=False)
@@ -163,13 +155,6 @@ class PromptEmbedder:
                 row.setflags(write=False)  # cached rows are shared between calls
                 rows[index] = row
         return [row for row in rows if row is not None]
-
-    def _remember(self, text: str, row: np.ndarray) -> None:
-        if self.cache_size == 0:
-            return
-        self._cache[text] = row
-        if len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
 
 
 def principal_components(reference: np.ndarray, current: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

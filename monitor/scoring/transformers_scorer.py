@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import time
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Batc
 
 from monitor.errors import ScoringError
 from monitor.events import ConversationEvent
+from monitor.lru import BoundedLru
 from monitor.scoring.base import ScoreOutcome, ScoringStats, conversations_of
 from monitor.scoring.batching import Encoded, plan_batches
 from monitor.scoring.formatting import plain_pair
@@ -119,8 +119,7 @@ class TransformersScorer:
         # Measured (`monitor bench scoring`): on a CPU, padded batches only add arithmetic.
         self.strategy = strategy if strategy != "auto" else ("single" if self.device.type == "cpu" else "bucketed")
         self.uses_chat_template = bool(getattr(self.tokenizer, "chat_template", None))
-        self._cache: OrderedDict[str, ScoreOutcome] = OrderedDict()
-        self._cache_size = cache_size
+        self._cache: BoundedLru[str, ScoreOutcome] = BoundedLru(cache_size)
         self.stats = ScoringStats()
         local = Path(model)
         version = revision or (weights_fingerprint(local) if local.is_dir() else "main")
@@ -142,7 +141,6 @@ class TransformersScorer:
             key = _content_key(conversation)
             cached = self._cache.get(key)
             if cached is not None:
-                self._cache.move_to_end(key)
                 outcomes[index] = cached
                 stats.cache_hits += 1
             else:
@@ -161,7 +159,7 @@ class TransformersScorer:
             scores = self._forward(batch, stats)
             for item, value in zip(batch, scores, strict=True):
                 outcome = ScoreOutcome(value, truncated=item.truncated)
-                self._remember(item.key, outcome)
+                self._cache.put(item.key, outcome)
                 for index in pending[item.key]:
                     outcomes[index] = outcome
         stats.seconds = time.perf_counter() - started
@@ -243,12 +241,6 @@ class TransformersScorer:
         stats.forwards += 1
         return logits[:, self.label_index].float().cpu().tolist()
 
-    def _remember(self, key: str, outcome: ScoreOutcome) -> None:
-        if self._cache_size == 0:
-            return
-        self._cache[key] = outcome
-        if len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
 
 
 class _Unscorable(Exception):
