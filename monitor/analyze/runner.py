@@ -251,15 +251,8 @@ class Analyzer:
             lap = _lap(summary.phases, "compute", lap)
             with self.sessions.begin() as session:
                 self._bound(session)
-                save_states(session, {name: snapshot.states[name].to_json() for name in sorted(result.changed)})
-                save_checkpoint(session, from_seconds(snapshot.until))
-                page_opened, page_resolved = self._sync_alerts(session, result.episodes)
+                opened += self._save_entries(session, snapshot, result, summary)
             lap = _lap(summary.phases, "write", lap)
-            opened += page_opened
-            summary.pages += 1
-            summary.entered += result.entered
-            summary.fitted += result.fitted
-            summary.resolved += len(page_resolved)
             log.info("analysis page", extra={"entered": result.entered, "checkpoint": from_seconds(snapshot.until)})
         result = advance(snapshot.states, snapshot.entries, self.config)
         new = np.flatnonzero(np.isnan(snapshot.window_divergence))
@@ -271,10 +264,7 @@ class Analyzer:
         lap = _lap(summary.phases, "compute", lap)
         with self.sessions.begin() as session:
             self._bound(session)
-            save_states(session, {name: snapshot.states[name].to_json() for name in sorted(result.changed)})
-            if snapshot.until is not None:
-                save_checkpoint(session, from_seconds(snapshot.until))
-            last_opened, resolved = self._sync_alerts(session, result.episodes)
+            opened += self._save_entries(session, snapshot, result, summary)
             store_divergence(session, scored)
             session.add(AnalysisRun(
                 finished_at=utcnow(), watermark=from_seconds(snapshot.watermark),
@@ -284,15 +274,10 @@ class Analyzer:
             prune_runs(session, keep=RUNS_KEPT, reports_kept=REPORTS_KEPT)
             firing = firing_alerts(session)
         _lap(summary.phases, "write", lap)
-        opened += last_opened
-        summary.pages += 1
         summary.turns = len(snapshot.window)
-        summary.entered += result.entered
-        summary.fitted += result.fitted
         summary.labelled = sum(state.labelled for state in snapshot.states.values())
         summary.scored = len(scored)
         summary.opened, summary.firing = len(opened), len(firing)
-        summary.resolved += len(resolved)
         summary.drift, summary.drift_built = (report.summary if report else None), snapshot.drift_due
         summary.checkpoint = from_seconds(snapshot.until if snapshot.until is not None else snapshot.checkpoint)
         self._record(segments, firing, opened, snapshot.watermark)
@@ -303,6 +288,19 @@ class Analyzer:
                                         "pages": summary.pages,
                                         "phase_seconds": {name: round(value, 3)
                                                           for name, value in summary.phases.items()}})
+
+    def _save_entries(self, session: Session, snapshot: _Snapshot, result: Advance, summary: RunSummary) -> list[Alert]:
+        """Write what feeding one snapshot's entries changed (states, checkpoint, alerts) and count
+        it in ``summary``; returns the alerts it opened."""
+        save_states(session, {name: snapshot.states[name].to_json() for name in sorted(result.changed)})
+        if snapshot.until is not None:
+            save_checkpoint(session, from_seconds(snapshot.until))
+        opened, resolved = self._sync_alerts(session, result.episodes)
+        summary.pages += 1
+        summary.entered += result.entered
+        summary.fitted += result.fitted
+        summary.resolved += len(resolved)
+        return opened
 
     def _read(self, drift: bool | None) -> _Snapshot:
         config = self.config
