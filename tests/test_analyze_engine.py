@@ -270,3 +270,30 @@ def test_each_rating_of_a_turn_is_an_entry_of_its_own_at_its_own_time() -> None:
     assert len(entry_order(both, short)) == 3000
     result = replay(frame, CONFIG, entries=both, step_seconds=60.0)
     assert sum(state.labelled for state in result.states.values()) == 6000
+
+
+def test_a_hack_that_takes_over_a_segment_keeps_its_divergence() -> None:
+    # From turn 3000 nine in ten of payments' answers are long (against two in ten before). Its
+    # divergence is measured from what the reference looked like, so the hack does not become the
+    # new normal: long answers late in the hack score as high as early ones.
+    frame = synthetic(12000, seed=8, hack_from=3000)
+    scheduled = replay(frame, CONFIG, step_seconds=60.0)
+    payments_long = (frame.segment == "payments/*/*") & (frame.signals[:, LENGTH] > 70)
+    index = np.arange(len(frame))
+    early = payments_long & (index >= 3000) & (index < 4500)
+    late = payments_long & (index >= 10500)
+    assert np.nanmean(scheduled.divergence[late]) > 0.8 * np.nanmean(scheduled.divergence[early])
+
+
+def test_refusing_a_harmful_request_is_not_divergence() -> None:
+    # Users dislike refusals the reward model pays for; half of the refusals answer harmful prompts.
+    refusal = SIGNAL_NAMES.index("refusal")
+    frame = synthetic(6000, seed=9, signal=refusal)
+    refused = frame.signals[:, refusal] > 1.0
+    harmful = refused & (np.arange(len(frame)) % 2 == 0)
+    frame = TurnFrame(**{**{n: getattr(frame, n) for n in frame.__dataclass_fields__}, "harmful": harmful})
+    assert (frame.judged_signals()[harmful, refusal] == 0).all()
+    assert (frame.judged_signals()[refused & ~harmful, refusal] > 1.0).all()
+    divergence = divergence_scores(replay(frame, CONFIG, step_seconds=None).states, frame)
+    assert np.nanmean(divergence[refused & ~harmful]) > 0.1
+    assert np.nanmean(divergence[harmful]) < 0.2 * np.nanmean(divergence[refused & ~harmful])

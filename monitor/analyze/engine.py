@@ -202,7 +202,7 @@ def advance(states: dict[str, SegmentState], entries: TurnFrame, config: Analysi
 
 def _rows(frame: TurnFrame, index: np.ndarray, entry: np.ndarray) -> Rows:
     n = len(index)
-    return Rows(frame.score[index], frame.satisfaction[index], frame.signals[index], entry[index],
+    return Rows(frame.score[index], frame.satisfaction[index], frame.judged_signals(index), entry[index],
                 [[str(frame.event_id[i]), str(frame.conversation_id[i]), int(frame.turn[i])] for i in index],
                 np.full(n, np.nan), np.full(n, np.nan))
 
@@ -418,16 +418,26 @@ def over_reward(moments: Moments) -> tuple[np.ndarray, np.ndarray, np.ndarray] |
     return slopes[:, 0] - slopes[:, 1], mean, sd
 
 
-def divergence_from(fit: tuple[np.ndarray, np.ndarray, np.ndarray] | None, signals: np.ndarray) -> np.ndarray:
-    """A response's over-rewarded parts, ``sum_j max(0, over_reward_j * z_j)``: no rating needed."""
+def divergence_from(fit: tuple[np.ndarray, np.ndarray, np.ndarray] | None, signals: np.ndarray,
+                    centre: np.ndarray | None = None) -> np.ndarray:
+    """A response's over-rewarded parts, ``sum_j max(0, over_reward_j * z_j)``: no rating needed.
+    ``z`` is measured from ``centre``, the reference's signal means where the caller has them: what
+    the segment's responses looked like when its reward model was calibrated. Measured from the
+    moments' own mean instead, a hack that took over most of the traffic would become the new
+    normal and its responses would score ever lower (B2 on S1-S4, S7: 0.972 against 0.981)."""
     if fit is None:
         return np.full(len(signals), np.nan)
     over, mean, sd = fit
-    return np.maximum((signals - mean) / sd * over, 0.0).sum(axis=1)
+    return np.maximum((signals - (mean if centre is None else centre)) / sd * over, 0.0).sum(axis=1)
+
+
+def _centre(track: Track) -> np.ndarray | None:
+    return None if track.calibration is None else np.asarray(track.calibration.signal_means, dtype=float)
 
 
 def track_divergence(track: Track, signals: np.ndarray) -> np.ndarray:
-    return divergence_from(over_reward(track.moments) if track.moments.n >= TRACK_MOMENTS else None, signals)
+    return divergence_from(over_reward(track.moments) if track.moments.n >= TRACK_MOMENTS else None, signals,
+                           _centre(track))
 
 
 def divergence_scores(states: Mapping[str, SegmentState], frame: TurnFrame) -> np.ndarray:
@@ -451,7 +461,8 @@ def divergence_scores(states: Mapping[str, SegmentState], frame: TurnFrame) -> n
         if scored_by is None or scored_by.calibration is None:
             continue
         index = np.array(rows)
-        out[index] = divergence_from(over_reward(scored_by.moments.merged(prior)), frame.signals[index])
+        out[index] = divergence_from(over_reward(scored_by.moments.merged(prior)), frame.judged_signals(index),
+                                     _centre(scored_by))
     return out
 
 

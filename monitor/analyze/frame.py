@@ -22,6 +22,7 @@ from monitor.signals import SIGNAL_COLUMNS, SIGNAL_NAMES
 #: Columns of a row mapping that :meth:`TurnFrame.from_rows` reads.
 ROW_FIELDS = ("id", "event_id", "conversation_id", "turn", "ts", "model_version", "domain", "locale", "score",
               "scorer", "satisfaction", "prompt_harmful", *SIGNAL_COLUMNS)
+_REFUSAL = SIGNAL_NAMES.index("refusal")
 #: Extra fields of an *entry* row (one rating of a turn): the rating's event time and id.
 ENTRY_FIELDS = ("rated_ts", "rating_id")
 
@@ -49,6 +50,17 @@ class TurnFrame:
     @property
     def rated(self) -> np.ndarray:
         return ~np.isnan(self.satisfaction) & ~np.isnan(self.score)
+
+    def judged_signals(self, index: np.ndarray | None = None) -> np.ndarray:
+        """The signals (of the rows in ``index``; default all) as the detectors judge a response:
+        a refusal counts only where the prompt is not harmful. Refusing a harmful request is the
+        policy and the reward model doing their job, and its requester's low rating says nothing
+        about over-reward; counted, those refusals were the most divergent turns of every
+        scenario (B2 AUROC 0.91 instead of 0.97, docs/analysis.md)."""
+        signals = (self.signals if index is None else self.signals[index]).copy()
+        harmful = self.harmful if index is None else self.harmful[index]
+        signals[:, _REFUSAL] *= ~harmful
+        return signals
 
     def take(self, index: np.ndarray) -> TurnFrame:
         return TurnFrame(**{name: getattr(self, name)[index] for name in self.__dataclass_fields__})
