@@ -461,6 +461,35 @@ def bench_signals(
     typer.echo(result.report())
 
 
+@bench_app.command("uncertainty")
+def bench_uncertainty(
+    reps: Annotated[int, typer.Option(help="Stationary worlds per setting (600 resolves 94% from 90%).", min=1)] = 600,
+    seed: Annotated[int, typer.Option(help="Seed of the worlds.")] = 0,
+    kinds: Annotated[str, typer.Option(help="Comma-separated rating kinds: thumbs, stars, score.")]
+    = "thumbs,stars,score",
+    references: Annotated[str, typer.Option(help="Comma-separated reference sizes (rated turns).")] = "200,500,1000",
+    rates: Annotated[str, typer.Option(help="Comma-separated shares of the window's turns that are rated.")]
+    = "0.05,0.3",
+) -> None:
+    """Coverage and width of the 95% intervals (gap, estimated satisfaction, AUC) on stationary traffic."""
+    from monitor.bench.uncertainty import run_uncertainty_benchmark
+
+    try:
+        sizes = tuple(int(v) for v in references.split(","))
+        shares = tuple(float(v) for v in rates.split(","))
+    except ValueError as exc:
+        raise typer.BadParameter(f"references must be integers and rates numbers, comma-separated: {exc}") from exc
+    if any(size < 30 for size in sizes) or any(not 0 < share <= 1 for share in shares):
+        raise typer.BadParameter("references need at least 30 rated turns each and rates must lie in (0, 1]")
+    try:
+        result = run_uncertainty_benchmark(reps=reps, seed=seed, kinds=tuple(k.strip() for k in kinds.split(",")),
+                                           references=sizes, rates=shares,
+                                           echo=lambda line: typer.echo(line, err=True))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    typer.echo("\n".join(result.report_lines()))
+
+
 @bench_app.command("detect")
 def bench_detect(
     full: Annotated[bool, typer.Option("--full", help="Sweep shift size, abrupt/ramp and rating rate (slow).")] = False,

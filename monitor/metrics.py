@@ -162,6 +162,22 @@ class Metrics:
             "monitor_segment_reward_auc_ratio", "AUC of reward for satisfied vs unsatisfied rated turns.",
             ["segment"], registry=registry,
         )
+        # The 95% intervals (monitor.analyze.uncertainty), bound = "lower" or "upper": their own
+        # series, so a dashboard draws a band and an alert rule can ask for the whole interval.
+        self.segment_gap_bound = Gauge(
+            "monitor_segment_satisfaction_gap_bound_ratio",
+            "Bound of the 95% interval of the satisfaction gap (reference fit and window errors included).",
+            ["segment", "bound"], registry=registry,
+        )
+        self.segment_estimated_bound = Gauge(
+            "monitor_segment_estimated_satisfaction_bound_ratio",
+            "Bound of the 95% interval of the window's satisfaction estimated from the calibrated RM.",
+            ["segment", "bound"], registry=registry,
+        )
+        self.segment_auc_bound = Gauge(
+            "monitor_segment_reward_auc_bound_ratio", "Bound of the 95% interval of the window's reward AUC.",
+            ["segment", "bound"], registry=registry,
+        )
         self.segment_safety = Gauge(
             "monitor_segment_safety_ratio",
             "over_refusal: refusals among safe prompts; harmful_compliance: answers to harmful prompts.",
@@ -191,6 +207,12 @@ class Metrics:
                 _value(stats["estimated_satisfaction"]))
             self.segment_gap.labels(segment=segment).set(_value(stats["gap"]))
             self.segment_auc.labels(segment=segment).set(_value(stats["auc"]))
+            for gauge, key in ((self.segment_gap_bound, "gap_ci95"),
+                               (self.segment_estimated_bound, "estimated_satisfaction_ci95"),
+                               (self.segment_auc_bound, "auc_ci95")):
+                bounds = stats.get(key) or (None, None)
+                gauge.labels(segment=segment, bound="lower").set(_value(bounds[0]))
+                gauge.labels(segment=segment, bound="upper").set(_value(bounds[1]))
             self.segment_safety.labels(segment=segment, rate="over_refusal").set(
                 _value(stats["safety"]["over_refusal_rate"]))
             self.segment_safety.labels(segment=segment, rate="harmful_compliance").set(

@@ -109,4 +109,16 @@ def test_serve_runs_the_analyzer_on_its_schedule(topic_settings, tmp_path) -> No
         derived = [line for line in metrics.splitlines() if line.startswith("monitor_signals_derived_total ")]
         assert derived and float(derived[0].split()[1]) > 0
         assert "monitor_alerts_firing{" in metrics and "monitor_segment_satisfaction_ratio{" in metrics
+        # The gap's 95% interval as two series of their own, around the gap, for a diverging segment.
+        segment = alerts[0]["segment"]
+        gap = _sample(metrics, f'monitor_segment_satisfaction_gap_ratio{{segment="{segment}"}}')
+        lower = _sample(metrics, f'monitor_segment_satisfaction_gap_bound_ratio{{bound="lower",segment="{segment}"}}')
+        upper = _sample(metrics, f'monitor_segment_satisfaction_gap_bound_ratio{{bound="upper",segment="{segment}"}}')
+        assert lower < gap < upper
         assert http.get("/v1/segments").status_code == 200
+
+
+def _sample(metrics: str, series: str) -> float:
+    values = [float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if line.startswith(series + " ")]
+    assert values, f"no {series} in /metrics"
+    return values[0]

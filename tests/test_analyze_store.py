@@ -111,7 +111,12 @@ def test_length_hacking_is_flagged_persisted_published_and_served(traffic, sessi
             diverging = by_name[hacked[0].segment]
             assert diverging["status"] == "diverging" and "verbosity" in diverging["modes"]
             assert diverging["estimated_satisfaction"] > diverging["realised_satisfaction"]
-            assert diverging["gap_ci95"][1] < 0
+            assert diverging["gap_ci95"][0] < diverging["gap"] < diverging["gap_ci95"][1] < 0
+            low, high = diverging["estimated_satisfaction_ci95"]
+            assert low < diverging["estimated_satisfaction"] < high
+            low, high = diverging["auc_ci95"]
+            assert 0 <= low < diverging["auc"] < high <= 1
+            assert first["evidence"]["window"]["gap_ci95"][1] < 0
             assert diverging["reward_model"] == "producer@assistant-2026-11-20"
             assert diverging["reward_model_changes"][0]["identity"] == diverging["reward_model"]
 

@@ -29,6 +29,7 @@ import numpy as np
 
 from monitor.analyze.rank_agreement import auc, spearman
 from monitor.analyze.thresholds import calibrate_threshold
+from monitor.analyze.uncertainty import map_covariance, reference_dof
 
 #: The CUSUM threshold is calibrated to this many times the false-alarm budget's run length. The
 #: bootstrap's correction for a reference of finite size rests on Gaussian theory; with the
@@ -108,6 +109,14 @@ class Calibration:
     spearman: float
     signal_means: tuple[float, ...]
     signal_sds: tuple[float, ...]
+    #: Sandwich covariance of (intercept, slope), row-major, and its degrees of freedom
+    #: (monitor.analyze.uncertainty); None / inf in references stored before they were kept.
+    covariance: tuple[float, ...] | None = None
+    covariance_dof: float = math.inf
+
+    @property
+    def covariance_matrix(self) -> np.ndarray | None:
+        return None if self.covariance is None else np.array(self.covariance, dtype=float).reshape(2, 2)
 
     def predict(self, score: np.ndarray) -> np.ndarray:
         """P(satisfied) for each score (NaN stays NaN)."""
@@ -121,6 +130,7 @@ class Calibration:
         params = asdict(self)
         params["signal_means"] = list(self.signal_means)
         params["signal_sds"] = list(self.signal_sds)
+        params["covariance"] = None if self.covariance is None else list(self.covariance)
         return {name: (None if isinstance(v, float) and not math.isfinite(v) else v) for name, v in params.items()}
 
     @classmethod
@@ -128,6 +138,10 @@ class Calibration:
         values: dict[str, Any] = {name: (math.nan if v is None else v) for name, v in params.items()}
         values["signal_means"] = tuple(values["signal_means"])
         values["signal_sds"] = tuple(values["signal_sds"])
+        covariance = values.get("covariance")
+        values["covariance"] = tuple(covariance) if isinstance(covariance, (list, tuple)) else None
+        dof = values.get("covariance_dof", math.inf)
+        values["covariance_dof"] = math.inf if not math.isfinite(dof) else float(dof)
         return cls(**values)
 
 
@@ -140,13 +154,16 @@ def fit_calibration(
     shift_sd: float = 0.5,
     false_alarm_labels: int = 10_000,
     seed: int = 0,
+    groups: np.ndarray | None = None,
 ) -> Calibration:
     """Fit the reference of one segment from its rated turns (scores, satisfaction, signal rows).
 
     ``shift_sd`` is the residual shift the CUSUM should catch fastest (its ``k`` is half of it);
     ``false_alarm_labels`` the in-control run length its threshold is calibrated to. The rows may
     come in any order: the threshold reads the residuals in ``ts`` order, where neighbours may share
-    a user (:data:`DEPENDENCE_LAGS`). About 0.7 s of CPU, nearly all of it the threshold's bootstrap.
+    a user (:data:`DEPENDENCE_LAGS`). ``groups``: each row's conversation id, for the map's
+    covariance (monitor.analyze.uncertainty). About 0.7 s of CPU, nearly all of it the threshold's
+    bootstrap.
     """
     score = np.asarray(score, dtype=float)
     satisfaction = np.asarray(satisfaction, dtype=float)
@@ -169,5 +186,10 @@ def fit_calibration(
         auc=float(auc(score, satisfaction >= 0.5)), spearman=float(spearman(score, satisfaction)),
         signal_means=tuple(float(v) for v in np.mean(signals, axis=0)),
         signal_sds=tuple(float(v) for v in np.std(signals, axis=0)),
+        covariance=tuple(float(v) for v in map_covariance(
+            score[serving_order], satisfaction[serving_order], intercept, slope, centre, scale,
+            groups=None if groups is None else np.asarray(groups)[serving_order]).ravel()),
+        covariance_dof=reference_dof(satisfaction[serving_order], predicted[serving_order],
+                                     groups=None if groups is None else np.asarray(groups)[serving_order]),
     )
 

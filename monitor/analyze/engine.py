@@ -43,6 +43,7 @@ from monitor.analyze.frame import TurnFrame
 from monitor.analyze.rank_agreement import spearman_drop
 from monitor.analyze.segments import SegmentScheme
 from monitor.analyze.state import N_SIGNALS, Moments, OpenEpisode, Rows, SegmentState, Track
+from monitor.analyze.uncertainty import bounds, gap_interval
 from monitor.config import Settings
 from monitor.events import timestamp
 from monitor.signals import SIGNAL_NAMES
@@ -230,7 +231,7 @@ def _calibrate(state: SegmentState, track: Track, config: AnalysisConfig, result
     reference = track.reference
     calibration = fit_calibration(reference.score, reference.satisfaction, reference.signals, reference.ts,
                                   shift_sd=config.shift_sd, false_alarm_labels=config.false_alarm_labels,
-                                  seed=config.seed)
+                                  seed=config.seed, groups=_conversations(reference))
     track.calibration = calibration
     promise = calibration.predict(reference.score)
     reference.residual = reference.satisfaction - promise
@@ -328,6 +329,11 @@ def _open(state: SegmentState, track: Track, detector: str, direction: str, ts: 
     return episode
 
 
+def _conversations(rows: Rows) -> np.ndarray:
+    """Each row's conversation id: ratings of one conversation move together (uncertainty)."""
+    return np.array([str(row[1]) for row in rows.ids], dtype=object)
+
+
 def _number(key: str) -> int:
     return int(key.rsplit("|", 1)[1])
 
@@ -350,6 +356,11 @@ def _snapshot(state: SegmentState, track: Track, episode: OpenEpisode, history: 
         "window": {
             "labels": len(window), "from": iso(window.ts[0]), "to": iso(window.ts[-1]),
             "mean_residual": float(window.residual.mean()),
+            # The same mean as the satisfaction gap, with its 95% interval (reference error included).
+            "gap_ci95": bounds(gap_interval(window.score, window.satisfaction, calibration.intercept,
+                                           calibration.slope, calibration.centre, calibration.scale,
+                                           calibration.covariance_matrix, calibration.covariance_dof,
+                                           groups=_conversations(window))),
             "z": float(window.residual.mean() / calibration.residual_sd * math.sqrt(len(window))),
             "reward_mean": float(window.score.mean()),
             "satisfaction_mean": float(window.satisfaction.mean()),

@@ -17,6 +17,7 @@ from monitor.analyze.frame import TurnFrame
 from monitor.analyze.rank_agreement import auc, spearman
 from monitor.analyze.segments import SegmentScheme
 from monitor.analyze.state import SegmentState
+from monitor.analyze.uncertainty import auc_interval, bounds, estimated_interval, gap_interval
 from monitor.signals import SIGNAL_NAMES
 
 _REFUSAL = SIGNAL_NAMES.index("refusal")
@@ -47,8 +48,11 @@ def segment_stats(segment: str, window: TurnFrame, state: SegmentState | None, f
         "reward_model_changes": list(state.changes) if state else [],
         "reward_mean": _mean(window.score[scored]),
         "realised_satisfaction": _mean(window.satisfaction[rated]),
-        "estimated_satisfaction": None, "gap": None, "gap_ci95": None,
+        "estimated_satisfaction": None, "estimated_satisfaction_ci95": None, "gap": None, "gap_ci95": None,
         "auc": _num(auc(window.score[rated], window.satisfaction[rated] >= 0.5)) if rated.sum() >= 10 else None,
+        "auc_ci95": bounds(auc_interval(window.score[rated], window.satisfaction[rated],
+                                        groups=window.conversation_id[rated]))
+        if rated.sum() >= 10 else None,
         "spearman": _num(spearman(window.score[rated], window.satisfaction[rated])) if rated.sum() >= 10 else None,
         "reference": None,
         "signals": dict(zip(SIGNAL_NAMES, (_mean(window.signals[mine, j]) for j in range(len(SIGNAL_NAMES))),
@@ -62,14 +66,18 @@ def segment_stats(segment: str, window: TurnFrame, state: SegmentState | None, f
         same_rm = np.array([identity_of(s, m) == track.identity
                             for s, m in zip(window.scorer, window.model_version, strict=True)], dtype=bool)
         scored_here, rated_here = scored & same_rm, rated & same_rm
-        residual = window.satisfaction[rated_here] - calibration.predict(window.score[rated_here])
+        fit = (calibration.intercept, calibration.slope, calibration.centre, calibration.scale)
+        covariance, dof = calibration.covariance_matrix, calibration.covariance_dof
+        score, satisfaction = window.score[rated_here], window.satisfaction[rated_here]
+        conversations = window.conversation_id[rated_here]
         # CBPE: the calibrated RM's expected satisfaction over every scored turn, rated or not.
         stats["estimated_satisfaction"] = _mean(calibration.predict(window.score[scored_here]))
-        if len(residual):
-            half = 1.96 * float(np.std(residual, ddof=1) if len(residual) > 1 else calibration.residual_sd)
-            half /= math.sqrt(len(residual))
-            gap = float(residual.mean())
-            stats["gap"], stats["gap_ci95"] = gap, [gap - half, gap + half]
+        stats["estimated_satisfaction_ci95"] = bounds(
+            estimated_interval(window.score[scored_here], score, satisfaction, *fit, covariance, dof,
+                               groups=conversations))
+        if len(score):
+            stats["gap"] = float((satisfaction - calibration.predict(score)).mean())
+            stats["gap_ci95"] = bounds(gap_interval(score, satisfaction, *fit, covariance, dof, groups=conversations))
         stats["reference"] = {"labels": calibration.labels, "from": iso(calibration.reference_from),
                               "to": iso(calibration.reference_to), "auc": _num(calibration.auc),
                               "spearman": _num(calibration.spearman),

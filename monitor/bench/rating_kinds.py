@@ -111,6 +111,12 @@ class World:
 
     def stream(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """``n`` rated turns in serving order: (reward in RM units, satisfaction in [0, 1])."""
+        reward, satisfaction, _ = self.stream_users(n, rng)
+        return reward, satisfaction
+
+    def stream_users(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`stream` (the same draws) with each turn's user: the run it belongs to, what a
+        conversation id is in production."""
         runs = 1 + rng.poisson(self.run_mean - 1.0, size=n)
         users = np.repeat(np.arange(n), runs)[:n]
         # Per user: a bias on the latent scale, a topic shared by the run's rewards, a leniency.
@@ -125,7 +131,7 @@ class World:
                 p = special.ndtr(special.ndtri(q) + 2.5 * bias)
             else:
                 p = special.expit(special.logit(q) + 4.0 * bias)
-            return reward, (rng.random(n) < p).astype(float)
+            return reward, (rng.random(n) < p).astype(float), users
         if self.kind == "stars":
             latent = quality + bias + rng.normal(0.0, self.rater_sd, n)
             leniency = rng.normal(0.0, self.cut_sd, n)[users]
@@ -133,13 +139,13 @@ class World:
             stars = 1 + np.sum((latent + leniency)[:, None] > cuts[None, :], axis=1)
             polar = (rng.random(n) < self.polar_share)[users]
             stars = np.where(polar, np.where(latent > 0.5, 5, 1), stars)
-            return reward, (stars - 1) / 4.0
+            return reward, (stars - 1) / 4.0, users
         mean = np.clip(quality + bias, 0.02, 0.98)
         if self.score_noise == "beta":
             score = rng.beta(mean * self.score_spread, (1 - mean) * self.score_spread)
         else:
             score = np.clip(mean + rng.normal(0.0, self.score_spread, n), 0.0, 1.0)
-        return reward, np.round(score, 2)
+        return reward, np.round(score, 2), users
 
 
 def draw_world(kind: str, rng: np.random.Generator) -> World:
