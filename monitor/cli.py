@@ -461,6 +461,14 @@ def bench_signals(
     typer.echo(result.report())
 
 
+@bench_app.command("redaction")
+def bench_redaction() -> None:
+    """Recall and precision of the PII redactor per type, on the tuning and the held-out corpus."""
+    from monitor.bench.redaction import report, run_redaction_benchmark
+
+    typer.echo("\n".join(report(run_redaction_benchmark(echo=lambda line: typer.echo(line, err=True)))))
+
+
 @bench_app.command("uncertainty")
 def bench_uncertainty(
     reps: Annotated[int, typer.Option(help="Stationary worlds per setting (600 resolves 94% from 90%).", min=1)] = 600,

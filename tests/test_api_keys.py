@@ -13,7 +13,7 @@ from sqlalchemy import select
 from monitor.api.app import create_app
 from monitor.api.context import AppContext
 from monitor.api.server import ApiServer
-from monitor.auth import ADMIN, ROLES, VIEW
+from monitor.auth import ROLES, VIEW
 from monitor.health import HealthState
 from monitor.scoring.base import ProducerRewardScorer
 from monitor.store.db import make_engine, make_session_factory
@@ -27,7 +27,7 @@ ROUTE_ROLES: dict[tuple[str, str], frozenset[str]] = {
     ("get", "/v1/segments"): VIEW,
     ("get", "/v1/reports/drift"): VIEW,
     ("get", "/v1/reward-model"): VIEW,
-    ("get", "/v1/conversations/{conversation_id}"): ADMIN,
+    ("get", "/v1/conversations/{conversation_id}"): VIEW,
 }
 OPEN = ("/healthz", "/readyz", "/metrics")
 

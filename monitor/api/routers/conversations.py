@@ -1,18 +1,20 @@
-"""`GET /v1/conversations/{conversation_id}`: a conversation's turns, scores and ratings (admin keys:
-the raw text)."""
+"""`GET /v1/conversations/{conversation_id}`: a conversation's turns, scores and ratings. Admin keys
+get the raw text; viewer keys the text with personal data replaced by typed placeholders
+(:mod:`monitor.redaction`): prompts, responses and rating comments."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel
 
-from monitor.api.auth import require
+from monitor.api.auth import Principal, require
 from monitor.api.deps import SessionDep
-from monitor.auth import ADMIN
+from monitor.auth import ADMIN, VIEW
 from monitor.errors import NotFound
+from monitor.redaction import redact_many
 from monitor.store.models import RatingRow, Turn
 from monitor.store.reads import conversation_ratings, conversation_turns
 
@@ -79,16 +81,16 @@ class ConversationOut(BaseModel):
     ratings_waiting: int
 
 
-# Raw text: admin keys only. Viewers get the redacted text once PII redaction lands (issue 9).
-@router.get("/{conversation_id}", dependencies=[Depends(require(ADMIN))])
-def get_conversation(conversation_id: str, session: SessionDep) -> ConversationOut:
-    turns = conversation_turns(session, conversation_id)
-    ratings = conversation_ratings(session, conversation_id)
+@router.get("/{conversation_id}")
+def get_conversation(conversation_id: str, session: SessionDep,
+                     caller: Annotated[Principal, Depends(require(VIEW))]) -> ConversationOut:
+    turns = [TurnOut.of(t) for t in conversation_turns(session, conversation_id)]
+    ratings = [RatingOut.of(r) for r in conversation_ratings(session, conversation_id)]
     if not turns and not ratings:
         raise NotFound(f"conversation {conversation_id!r} not found")
-    return ConversationOut(
-        conversation_id=conversation_id,
-        turns=[TurnOut.of(t) for t in turns],
-        ratings=[RatingOut.of(r) for r in ratings],
-        ratings_waiting=sum(not r.joined for r in ratings),
-    )
+    if caller.role not in ADMIN:  # raw text for admins only; a name found anywhere goes everywhere
+        texts = iter(redact_many([*(x for t in turns for x in (t.prompt, t.response)), *(r.comment for r in ratings)]))
+        turns = [t.model_copy(update={"prompt": next(texts), "response": next(texts)}) for t in turns]
+        ratings = [r.model_copy(update={"comment": next(texts)}) for r in ratings]
+    return ConversationOut(conversation_id=conversation_id, turns=turns, ratings=ratings,
+                           ratings_waiting=sum(not r.joined for r in ratings))
