@@ -142,7 +142,9 @@ def _custom_recognizers() -> list[Any]:
         [r"(?i:account|acct\.?|a/c)(?:\s+(?:number|no\.?|#|nr\.?))?(?:\s+is)?[\s:]+(\d{6,17})\b"], 0.6)
     phone = GroupRecognizer(
         "PHONE_NUMBER",
-        [r"(?i:call|phone|mobile|number|text(?: code)?|tel\.?|ring|reach me|whatsapp)\b[^.\d+]{0,30}?"
+        # "number" alone, but not a social security, account or id number (their own recognizers type them)
+        [r"(?i:call|phone|mobile|(?<!security )(?<!account )(?<!id )(?<!insurance )number|text(?: code)?|tel\.?|"
+         r"ring|reach me|whatsapp)\b[^.\d+]{0,30}?"
          r"((?=(?:[ ().+-]*\d){7})(?:\+|00)?\(?\d[\d ().-]{6,}\d(?:\s?(?:x|ext\.?)\s?\d{1,5})?)"], 0.5)
 
     class LuhnCards(EntityRecognizer):

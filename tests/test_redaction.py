@@ -31,6 +31,7 @@ STRUCTURED = ("EMAIL", "CARD", "IBAN", "SSN", "NINO", "NATIONAL_ID", "SORT_CODE"
     ("Refund to GB82 WEST 1234 5698 7654 32 please", "Refund to [IBAN] please"),
     ("Sort code 20-00-00, account number 31926819.", "Sort code [SORT_CODE], account number [ACCOUNT]."),
     ("My NI number is AB 12 34 56 C.", "My NI number is [NINO]."),
+    ("For the tax form, social security number 536-22-8812.", "For the tax form, social security number [SSN]."),
     ("Call me on +44 20 7946 0958 or (212) 555-0199.", "Call me on [PHONE] or [PHONE]."),
     ("Login from 192.168.0.12 failed", "Login from [IP] failed"),
     ("Hi, my name is Anna-Lena van der Berg and I need help.", "Hi, my name is [NAME] and I need help."),
