@@ -243,44 +243,55 @@ class Redactor:
         """Non-overlapping findings, longest-then-highest first where they overlap. A name found
         once (or given in ``names``: found elsewhere in the conversation) is found wherever it
         recurs, whole or by any of its words ("my name is Maria Lopez ... thanks, Maria")."""
+        return self._choose(text, self._analyze(text), names)
+
+    def _analyze(self, text: str) -> list[Finding]:
+        """Presidio's findings above :data:`MIN_SCORE` (the costly pass; overlaps kept)."""
+        results: list[Finding] = []
         if not text:
-            return []
+            return results
         with self._lock:
-            results = []
             for offset in range(0, len(text), MAX_TEXT):
                 piece = text[offset:offset + MAX_TEXT]
                 results += [Finding(r.start + offset, r.end + offset, r.entity_type, r.score)
                             for r in _analyzer().analyze(piece, language="en", entities=list(PLACEHOLDERS))
                             if r.score >= MIN_SCORE]
-        known = {*names, *(text[f.start:f.end] for f in results if f.entity == "PERSON")}
-        results += [Finding(m.start(), m.end(), "PERSON", 0.6) for m in _recurrences(known).finditer(text)] \
-            if known else []
+        return results
+
+    @staticmethod
+    def _choose(text: str, analyzed: list[Finding], names: Iterable[str] = ()) -> list[Finding]:
+        known = {*names, *(text[f.start:f.end] for f in analyzed if f.entity == "PERSON")}
+        results = analyzed + ([Finding(m.start(), m.end(), "PERSON", 0.6) for m in _recurrences(known).finditer(text)]
+                              if known else [])
         chosen: list[Finding] = []
         for finding in sorted(results, key=lambda f: (-(f.end - f.start), -f.score, f.start)):
             if all(finding.end <= other.start or finding.start >= other.end for other in chosen):
                 chosen.append(finding)
         return sorted(chosen, key=lambda f: f.start)
 
-    def names(self, text: str) -> set[str]:
-        """The names :meth:`findings` finds in ``text``."""
-        return {text[f.start:f.end] for f in self.findings(text) if f.entity == "PERSON"}
-
     def redact_many(self, texts: Iterable[str | None]) -> list[str | None]:
-        """Texts of one conversation: a name found in one is redacted in all of them."""
+        """Texts of one conversation: a name found in one is redacted in all of them (Presidio
+        reads each text once)."""
         texts = list(texts)
-        known = set().union(*(self.names(t) for t in texts if t))
-        return [None if t is None else self.redact(t, known) for t in texts]
+        analyzed = [self._analyze(t) if t else [] for t in texts]
+        known = {t[f.start:f.end] for t, found in zip(texts, analyzed, strict=True) if t
+                 for f in self._choose(t, found) if f.entity == "PERSON"}
+        return [None if t is None else _replace(t, self._choose(t, found, known))
+                for t, found in zip(texts, analyzed, strict=True)]
 
     def redact(self, text: str, names: Iterable[str] = ()) -> str:
         """``text`` with each finding replaced by its placeholder (by presidio-anonymizer)."""
-        findings = self.findings(text, names)
-        if not findings:
-            return text
-        from presidio_analyzer import RecognizerResult
+        return _replace(text, self.findings(text, names))
 
-        return str(_anonymizer().anonymize(
-            text=text, analyzer_results=[RecognizerResult(f.entity, f.start, f.end, f.score) for f in findings],
-            operators=_operators()).text)
+
+def _replace(text: str, findings: list[Finding]) -> str:
+    if not findings:
+        return text
+    from presidio_analyzer import RecognizerResult
+
+    return str(_anonymizer().anonymize(
+        text=text, analyzer_results=[RecognizerResult(f.entity, f.start, f.end, f.score) for f in findings],
+        operators=_operators()).text)
 
 
 def _recurrences(names: Iterable[str]) -> re.Pattern[str]:

@@ -123,6 +123,11 @@ def map_covariance(score: np.ndarray, satisfaction: np.ndarray, intercept: float
     return bread @ meat @ bread
 
 
+def _promise(score: np.ndarray, intercept: float, slope: float, centre: float, scale: float) -> np.ndarray:
+    """The map's P(satisfied) (calibration.reward_map, which imports this module)."""
+    return _sigmoid(intercept + slope * (np.asarray(score, dtype=float) - centre) / scale)
+
+
 def _gradient(score: np.ndarray, intercept: float, slope: float, centre: float, scale: float) -> np.ndarray:
     x = (np.asarray(score, dtype=float) - centre) / scale
     p = _sigmoid(intercept + slope * x)
@@ -176,20 +181,11 @@ def gap_interval(score: np.ndarray, satisfaction: np.ndarray, intercept: float, 
     None (a reference stored before it was kept): the window's error alone; ``dof``: its degrees
     of freedom (:func:`reference_dof`); ``groups``: the rated turns' conversation ids."""
     score = np.asarray(score, dtype=float)
-    satisfaction = np.asarray(satisfaction, dtype=float)
     if len(score) < MIN_RATED:
         return None
-    promise = _sigmoid(intercept + slope * (score - centre) / scale)
-    residual = satisfaction - promise
-    window, window_dof = _residual_variance(residual, groups)
-    parts = [(window / len(residual), window_dof)]
-    if covariance is not None:
-        gradient = _gradient(score, intercept, slope, centre, scale)
-        parts.append((float(gradient @ covariance @ gradient), dof))
-    variance, quantile = _quantile(parts)
-    gap = float(residual.mean())
-    half = quantile * math.sqrt(variance)
-    return Interval(gap, gap - half, gap + half)
+    residual = np.asarray(satisfaction, dtype=float) - _promise(score, intercept, slope, centre, scale)
+    return _delta_interval(float(residual.mean()), residual, groups, len(residual), score,
+                           (intercept, slope, centre, scale), covariance, dof)
 
 
 def estimated_interval(scored: np.ndarray, rated_score: np.ndarray, rated_satisfaction: np.ndarray, intercept: float,
@@ -202,13 +198,21 @@ def estimated_interval(scored: np.ndarray, rated_score: np.ndarray, rated_satisf
     scored = np.asarray(scored, dtype=float)
     if not len(scored) or len(rated_score) < MIN_RATED:
         return None
-    estimate = float(_sigmoid(intercept + slope * (scored - centre) / scale).mean())
-    residual = np.asarray(rated_satisfaction, dtype=float) - _sigmoid(
-        intercept + slope * (np.asarray(rated_score, dtype=float) - centre) / scale)
+    estimate = float(_promise(scored, intercept, slope, centre, scale).mean())
+    residual = np.asarray(rated_satisfaction, dtype=float) - _promise(rated_score, intercept, slope, centre, scale)
+    return _delta_interval(estimate, residual, groups, len(scored), scored, (intercept, slope, centre, scale),
+                           covariance, dof)
+
+
+def _delta_interval(estimate: float, residual: np.ndarray, groups: np.ndarray | None, count: int,
+                    over: np.ndarray, fit: tuple[float, float, float, float], covariance: np.ndarray | None,
+                    dof: float) -> Interval:
+    """``estimate`` +- t x SE, the variance the outcomes' noise (``residual``'s, over ``count``
+    turns) plus, with a ``covariance``, the map's error through its mean gradient over ``over``."""
     noise, noise_dof = _residual_variance(residual, groups)
-    parts = [(noise / len(scored), noise_dof)]
+    parts = [(noise / count, noise_dof)]
     if covariance is not None:
-        gradient = _gradient(scored, intercept, slope, centre, scale)
+        gradient = _gradient(over, *fit)
         parts.append((float(gradient @ covariance @ gradient), dof))
     variance, quantile = _quantile(parts)
     half = quantile * math.sqrt(variance)

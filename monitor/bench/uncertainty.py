@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from monitor.analyze.calibration import fit_reward_map
+from monitor.analyze.calibration import fit_reward_map, reward_map
 from monitor.analyze.rank_agreement import auc
 from monitor.analyze.uncertainty import (
     Z95,
@@ -143,20 +143,20 @@ def one_world(kind: str, reference: int, rate: float, rng: np.random.Generator,
     ref_reward, ref_satisfaction, ref_users = world.stream_users(reference, rng)
     fit = fit_reward_map(ref_reward, ref_satisfaction)
     covariance = map_covariance(ref_reward, ref_satisfaction, *fit, groups=ref_users)
-    dof = reference_dof(ref_satisfaction, _promise(ref_reward, fit), groups=ref_users)
+    dof = reference_dof(ref_satisfaction, reward_map(ref_reward, *fit), groups=ref_users)
     rated = max(1, round(rate * WINDOW_TURNS))
     reward, satisfaction, users = world.stream_users(rated, rng)
     unrated_reward, unrated_satisfaction = world.stream(WINDOW_TURNS - rated, rng)
     truth_reward, truth_satisfaction = world.stream(TRUTH_DRAWS, rng)
     true_fit = fit_reward_map(truth_reward, truth_satisfaction)
     # Oracle residuals: against the world's own (pseudo-true) map, spread known from the truth draws.
-    true_residual = truth_satisfaction - _promise(truth_reward, true_fit)
+    true_residual = truth_satisfaction - reward_map(truth_reward, *true_fit)
     oracle_sd = float(np.std(true_residual))
 
     gap = gap_interval(reward, satisfaction, *fit, covariance, dof, groups=users)
     if gap is not None:
-        residual = satisfaction - _promise(reward, fit)
-        oracle_gap = float((satisfaction - _promise(reward, true_fit)).mean())
+        residual = satisfaction - reward_map(reward, *fit)
+        oracle_gap = float((satisfaction - reward_map(reward, *true_fit)).mean())
         oracle_half = Z95 * oracle_sd * math.sqrt(_dependence(true_residual) / rated)
         _tally(cells["gap"], gap, _naive_gap(residual), Interval(oracle_gap, oracle_gap - oracle_half,
                                                                   oracle_gap + oracle_half), 0.0)
@@ -165,8 +165,8 @@ def one_world(kind: str, reference: int, rate: float, rng: np.random.Generator,
     realised = float(np.concatenate([satisfaction, unrated_satisfaction]).mean())
     estimated = estimated_interval(every_reward, reward, satisfaction, *fit, covariance, dof, groups=users)
     if estimated is not None:
-        naive_half = Z95 * float(np.std(satisfaction - _promise(reward, fit), ddof=1)) / math.sqrt(WINDOW_TURNS)
-        oracle_estimate = float(_promise(every_reward, true_fit).mean())
+        naive_half = Z95 * float(np.std(satisfaction - reward_map(reward, *fit), ddof=1)) / math.sqrt(WINDOW_TURNS)
+        oracle_estimate = float(reward_map(every_reward, *true_fit).mean())
         oracle_half = Z95 * oracle_sd * math.sqrt(_dependence(true_residual) / WINDOW_TURNS)
         _tally(cells["estimated"], estimated,
                Interval(estimated.estimate, estimated.estimate - naive_half, estimated.estimate + naive_half),
@@ -177,11 +177,6 @@ def one_world(kind: str, reference: int, rate: float, rng: np.random.Generator,
         satisfied = satisfaction >= 0.5
         naive = _hanley_mcneil(window_auc.estimate, int(satisfied.sum()), int((~satisfied).sum()))
         _tally(cells["auc"], window_auc, naive, naive, auc(truth_reward, truth_satisfaction >= 0.5))
-
-
-def _promise(reward: np.ndarray, fit: tuple[float, float, float, float]) -> np.ndarray:
-    intercept, slope, centre, scale = fit
-    return 1.0 / (1.0 + np.exp(-(intercept + slope * (reward - centre) / scale)))
 
 
 def _dependence(residual: np.ndarray) -> float:
