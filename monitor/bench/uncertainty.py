@@ -185,7 +185,7 @@ def _dependence(residual: np.ndarray) -> float:
     return long_run_variance_ratio(residual, automatic_lags(residual, 16))
 
 
-def run_uncertainty_benchmark(*, reps: int = 600, seed: int = 0, kinds: tuple[str, ...] = RATING_KINDS,
+def run_uncertainty_benchmark(*, reps: int = 2000, seed: int = 0, kinds: tuple[str, ...] = RATING_KINDS,
                               references: tuple[int, ...] = REFERENCE_SIZES, rates: tuple[float, ...] = RATES,
                               echo: Callable[[str], None] = lambda line: None) -> UncertaintyBenchmark:
     unknown = [kind for kind in kinds if kind not in RATING_KINDS]
