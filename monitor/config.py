@@ -130,6 +130,34 @@ class Settings(BaseSettings):
         default=1000, ge=0, description="Turns sampled per window for the drift report; 0 turns the report off."
     )
 
+    review_enabled: bool = Field(
+        default=True, description="The analyzer queues sampled turns for shadow human review after each run."
+    )
+    review_daily_budget: int = Field(
+        default=200, ge=0, le=1_000_000, description="Items the sampler queues per segment and day (event time)."
+    )
+    review_period_minutes: float = Field(
+        default=60.0, gt=0, le=1440, description="The sampler spends the daily budget in periods of this "
+        "much event time (each a share of the day's budget, spent once the analyzer has seen the period).",
+    )
+    review_control_share: float = Field(
+        default=0.25, ge=0.25, le=1.0, description="Share of each period's budget in the uniform random control "
+        "arm (at least 25%: the unbiased view re-weighted estimates rest on).",
+    )
+    review_targeted_per_alert: int = Field(
+        default=5, ge=0, le=1000, description="Items per firing alert and period: its turns of highest divergence."
+    )
+    review_overlap_share: float = Field(
+        default=0.2, ge=0, le=1, description="Share of items that several annotators label (agreement statistics)."
+    )
+    review_overlap: int = Field(default=2, ge=1, le=20, description="Reviews required of an overlapped item.")
+    review_lease_seconds: float = Field(
+        default=900.0, gt=0, le=86_400, description="An item leased to an annotator goes back to the pool after this."
+    )
+    review_lookback_hours: float = Field(
+        default=24.0, gt=0, description="On its first run the sampler looks back this far, not over the history."
+    )
+
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=0, le=65535)
 

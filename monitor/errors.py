@@ -8,7 +8,9 @@
     ├── BrokerUnavailable      the Kafka bootstrap servers cannot be reached
     ├── NotFound               an API lookup found nothing (HTTP 404)
     ├── Unauthorized           no API key, or an unknown or revoked one (HTTP 401)
-    └── Forbidden              a valid key whose role may not do this (HTTP 403)
+    ├── Forbidden              a valid key whose role may not do this (HTTP 403)
+    ├── Conflict               the request clashes with the resource's state (HTTP 409)
+    └── InvalidInput           a well-formed request whose content is refused (HTTP 422)
 
 Third-party exceptions are translated at the boundary with ``raise ... from``. Errors that an API
 handler may raise carry an HTTP ``status_code``.
@@ -79,3 +81,15 @@ class Forbidden(MonitorError):
     """A valid API key whose role may not do this."""
 
     status_code = 403
+
+
+class Conflict(MonitorError):
+    """The request clashes with the resource's current state (a double submit, an expired lease)."""
+
+    status_code = 409
+
+
+class InvalidInput(MonitorError):
+    """A well-formed request whose content is refused (labels outside the rubric, a comment too long)."""
+
+    status_code = 422

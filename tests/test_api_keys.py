@@ -13,7 +13,7 @@ from sqlalchemy import select
 from monitor.api.app import create_app
 from monitor.api.context import AppContext
 from monitor.api.server import ApiServer
-from monitor.auth import ROLES, VIEW
+from monitor.auth import ADMIN, ANNOTATE, ROLES, VIEW
 from monitor.health import HealthState
 from monitor.scoring.base import ProducerRewardScorer
 from monitor.store.db import make_engine, make_session_factory
@@ -28,6 +28,15 @@ ROUTE_ROLES: dict[tuple[str, str], frozenset[str]] = {
     ("get", "/v1/reports/drift"): VIEW,
     ("get", "/v1/reward-model"): VIEW,
     ("get", "/v1/conversations/{conversation_id}"): VIEW,
+    ("post", "/v1/review/next"): ANNOTATE,
+    ("post", "/v1/review/items/{item_id}/annotations"): ANNOTATE,
+    ("post", "/v1/review/items/{item_id}/skip"): ANNOTATE,
+    ("get", "/v1/review/items/{item_id}/annotations/mine"): ANNOTATE,
+    ("put", "/v1/review/items/{item_id}/annotations/mine"): ANNOTATE,
+    ("post", "/v1/review/items"): ADMIN,
+    ("get", "/v1/review/items"): VIEW,
+    ("get", "/v1/review/stats"): frozenset(ROLES),
+    ("get", "/v1/review/rubric"): frozenset(ROLES),
 }
 OPEN = ("/healthz", "/readyz", "/metrics")
 

@@ -51,6 +51,7 @@ from monitor.analyze.window_stats import reported_segments, segment_stats
 from monitor.config import Settings
 from monitor.errors import BrokerUnavailable, StoreUnavailable
 from monitor.metrics import Metrics
+from monitor.review.sampler import ReviewSampler
 from monitor.store.analysis import (
     alerts_by_key,
     analyzer_lock,
@@ -113,6 +114,8 @@ class RunSummary:
     seconds: float = 0.0
     drift_built: bool = False
     checkpoint: datetime | None = None
+    queued: dict[str, int] = field(default_factory=dict)  # review items queued, per arm
+    review_error: str | None = None
     # Seconds per phase of the run: derive, read, compute, write (and publish when it ran).
     phases: dict[str, float] = field(default_factory=dict)
 
@@ -124,7 +127,9 @@ class RunSummary:
                  f"calibrations fitted: {', '.join(self.fitted) or 'none'}",
                  f"alerts: {self.opened} opened, {self.resolved} resolved, {self.firing} firing",
                  f"flags published: {self.published}"
-                 + (f" (failed: {self.publish_error})" if self.publish_error else "")]
+                 + (f" (failed: {self.publish_error})" if self.publish_error else ""),
+                 "review items queued: " + (", ".join(f"{n} {arm}" for arm, n in sorted(self.queued.items())) or "none")
+                 + (f" (failed: {self.review_error})" if self.review_error else "")]
         if self.drift is None:
             lines.append("drift report: not enough data yet" if self.drift_built else "drift report: not due yet")
         else:
@@ -170,6 +175,7 @@ class Analyzer:
         self._publisher_factory = publisher_factory or (
             lambda: FlagPublisher(settings.bootstrap_servers, settings.flags_topic))
         self._drift = drift if drift is not None else DriftInputs(rows=settings.analyze_drift_rows)
+        self.sampler = ReviewSampler(settings, sessions) if settings.review_enabled else None
 
     def run_once(self, *, publish: bool = True, drift: bool | None = None) -> RunSummary:
         """One run. ``drift``: build the drift report (None: when the last one is older than
@@ -273,7 +279,7 @@ class Analyzer:
             ))
             prune_runs(session, keep=RUNS_KEPT, reports_kept=REPORTS_KEPT)
             firing = firing_alerts(session)
-        _lap(summary.phases, "write", lap)
+        lap = _lap(summary.phases, "write", lap)
         summary.turns = len(snapshot.window)
         summary.labelled = sum(state.labelled for state in snapshot.states.values())
         summary.scored = len(scored)
@@ -281,6 +287,8 @@ class Analyzer:
         summary.drift, summary.drift_built = (report.summary if report else None), snapshot.drift_due
         summary.checkpoint = from_seconds(snapshot.until if snapshot.until is not None else snapshot.checkpoint)
         self._record(segments, firing, opened, snapshot.watermark)
+        self._queue_reviews(summary, snapshot.watermark)
+        _lap(summary.phases, "review", lap)
         log.info("analysis run", extra={"entered": summary.entered, "labelled": summary.labelled,
                                         "derived": summary.derived, "scored": summary.scored,
                                         "fitted": summary.fitted, "opened": summary.opened,
@@ -386,6 +394,17 @@ class Analyzer:
                 return prompts_by_event_id(session, event_ids)
 
         return build_drift_report(reference, snapshot.window, self._drift, prompts)
+
+    def _queue_reviews(self, summary: RunSummary, watermark: float | None) -> None:
+        """Queue the periods the analyzer has now seen for human review. A failure here (a text
+        the redactor chokes on) is logged and retried next run; it never stops the analysis."""
+        if self.sampler is None:
+            return
+        try:
+            summary.queued = dict(self.sampler.sample(from_seconds(watermark)))
+        except Exception as exc:  # noqa: BLE001 - the analysis must go on; the next run retries
+            summary.review_error = f"{type(exc).__name__}: {exc}"
+            log.exception("review sampling failed; retrying on the next run")
 
     def _sync_alerts(self, session: Session, episodes: dict[str, Episode]) -> tuple[list[Alert], list[Alert]]:
         """Upsert one alert per changed episode (its key never changes); returns the alerts this

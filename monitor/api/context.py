@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from monitor.analyze.segments import SegmentScheme
 from monitor.config import Settings
 from monitor.health import HealthState
+from monitor.review.queue import ReviewQueue
 from monitor.scoring.base import Scorer
 
 
@@ -21,3 +23,8 @@ class AppContext:
     health: HealthState
     registry: CollectorRegistry
     scorer: Scorer
+    review: ReviewQueue = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.review = ReviewQueue(self.sessions, SegmentScheme.from_settings(self.settings),
+                                  lease_seconds=self.settings.review_lease_seconds)

@@ -261,3 +261,113 @@ class ApiKey(Base):
     prefix: Mapped[str] = mapped_column(String(16))  # the key's first characters, to recognise it
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class ReviewItem(Base):
+    """One turn queued for shadow human evaluation (:mod:`monitor.review`). Its text is stored
+    *redacted* (:mod:`monitor.redaction`): no raw personal data is ever written to the review
+    tables. ``arm`` and ``inclusion_probability`` say how it was sampled, so estimates over the
+    queue can be re-weighted; ``divergence`` and the segment are for operators, never shown to
+    annotators (no anchoring)."""
+
+    __tablename__ = "review_items"
+    __table_args__ = (UniqueConstraint("conversation_id", "turn"),
+                      Index("ix_review_items_state_priority", "state", "priority"))
+
+    id: Mapped[int] = mapped_column(AutoId, primary_key=True)
+    turn_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    event_id: Mapped[str] = mapped_column(String(64))
+    conversation_id: Mapped[str] = mapped_column(String(256))
+    turn: Mapped[int] = mapped_column(Integer)
+    turn_ts: Mapped[datetime] = mapped_column(UTCDateTime)
+    segment: Mapped[str] = mapped_column(String(256), index=True)
+    domain: Mapped[str] = mapped_column(String(64))
+    mode: Mapped[str | None] = mapped_column(String(32))
+    # targeted | stratified | control | manual | gold
+    arm: Mapped[str] = mapped_column(String(16))
+    inclusion_probability: Mapped[float] = mapped_column(Float)
+    priority: Mapped[float] = mapped_column(Float)
+    alert_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
+    divergence: Mapped[float | None] = mapped_column(Float)
+    reward: Mapped[float | None] = mapped_column(Float)
+    # Redacted text: the earlier messages of the conversation, the prompt, the response, and the
+    # alternative candidate responses where the event carried them (a pairwise task).
+    context: Mapped[list] = mapped_column(JSON)
+    prompt: Mapped[str] = mapped_column(Text)
+    response: Mapped[str] = mapped_column(Text)
+    candidates: Mapped[list | None] = mapped_column(JSON)
+    # Near-duplicate turns collapsed into this one when it was sampled.
+    duplicates: Mapped[int] = mapped_column(Integer, default=0)
+    reviews_required: Mapped[int] = mapped_column(Integer)
+    reviews_done: Mapped[int] = mapped_column(Integer, default=0)
+    # Leases out now. Kept on the row (not counted from review_leases) so that PostgreSQL re-checks
+    # ``reviews_done + active_leases < reviews_required`` on the row's latest version when two
+    # annotators race for it (FOR UPDATE SKIP LOCKED).
+    active_leases: Mapped[int] = mapped_column(Integer, default=0)
+    # A gold item's known answer (rubric labels); NULL for every other item.
+    gold: Mapped[dict | None] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(16))  # open | complete
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class ReviewLease(Base):
+    """An item handed to one annotator until ``expires_at``; ``outcome`` once it ends (annotated,
+    skipped, expired)."""
+
+    __tablename__ = "review_leases"
+    __table_args__ = (Index("ix_review_leases_open", "item_id", "outcome"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    item_id: Mapped[int] = mapped_column(BigInteger)
+    annotator: Mapped[str] = mapped_column(String(64), index=True)
+    leased_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    outcome: Mapped[str | None] = mapped_column(String(16))
+    skip_reason: Mapped[str | None] = mapped_column(Text)
+
+
+class ReviewAnnotation(Base):
+    """One annotator's labels of one item under one rubric version (edits bump ``revision``; the
+    audit trail keeps every version)."""
+
+    __tablename__ = "review_annotations"
+    __table_args__ = (UniqueConstraint("item_id", "annotator"),)
+
+    id: Mapped[int] = mapped_column(AutoId, primary_key=True)
+    item_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    annotator: Mapped[str] = mapped_column(String(64), index=True)
+    rubric_version: Mapped[str] = mapped_column(String(32))
+    labels: Mapped[dict] = mapped_column(JSON)
+    comment: Mapped[str | None] = mapped_column(Text)  # redacted
+    revision: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ReviewAudit(Base):
+    """The audit trail of the review queue: who did what to which item, when, under which rubric."""
+
+    __tablename__ = "review_audit"
+
+    id: Mapped[int] = mapped_column(AutoId, primary_key=True)
+    item_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
+    actor: Mapped[str] = mapped_column(String(64))
+    # enqueued | leased | annotated | edited | skipped | expired
+    action: Mapped[str] = mapped_column(String(16))
+    rubric_version: Mapped[str | None] = mapped_column(String(32))
+    detail: Mapped[dict] = mapped_column(JSON)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
+class ReviewSampling(Base):
+    """Per segment: the event time up to which the review sampler has looked, and the items it
+    queued on the current day (UTC, event time) against the daily budget."""
+
+    __tablename__ = "review_sampling"
+
+    segment: Mapped[str] = mapped_column(String(256), primary_key=True)
+    until: Mapped[datetime] = mapped_column(UTCDateTime)
+    day: Mapped[str] = mapped_column(String(10))
+    spent: Mapped[int] = mapped_column(Integer, default=0)

@@ -24,6 +24,7 @@ router = APIRouter(prefix="/v1", tags=["analysis"], dependencies=[Depends(requir
 
 
 class AlertOut(BaseModel):
+    id: int
     key: str
     segment: str
     detector: str
@@ -41,7 +42,7 @@ class AlertOut(BaseModel):
     @classmethod
     def of(cls, alert: Alert) -> AlertOut:
         return cls(
-            key=alert.key, segment=alert.segment, detector=alert.detector, direction=alert.direction,
+            id=alert.id, key=alert.key, segment=alert.segment, detector=alert.detector, direction=alert.direction,
             mode=alert.mode, modes=list(alert.evidence.get("attribution", {}).get("modes", [])),
             state=alert.state, started_at=alert.started_at, resolved_at=alert.resolved_at,
             first_seen_at=alert.first_seen_at, updated_at=alert.updated_at,
