@@ -6,7 +6,7 @@ from fastapi import FastAPI
 
 from monitor import __version__
 from monitor.api.context import AppContext
-from monitor.api.routers import analysis, conversations, health, review
+from monitor.api.routers import analysis, conversations, health, review, review_page
 from monitor.http_errors import install_error_handlers
 
 
@@ -17,5 +17,6 @@ def create_app(context: AppContext) -> FastAPI:
     app.include_router(conversations.router)
     app.include_router(analysis.router)
     app.include_router(review.router)
+    app.include_router(review_page.router)
     install_error_handlers(app)
     return app
