@@ -32,8 +32,8 @@ def page_server(migrated_url: str, topic_settings):
     sessions = make_session_factory(engine)
     records = []
     for i in range(3):
-        event = conversation(f"c-{i}", response=f"<b>Reply</b> {i}: you can freeze card 4111 1111 1111 1111 in the app.",
-                             reward=0.8137)
+        response = f"<b>Reply</b> {i}: you can freeze card 4111 1111 1111 1111 in the app."
+        event = conversation(f"c-{i}", response=response, reward=0.8137)
         event["messages"][0]["content"] = f"Hi, this is Tom Baker, question {i} <script>alert(1)</script>"
         records.append(KafkaRecord("conversations", 0, i, f"c-{i}".encode(), wire(event)))
     write_records(sessions, records)
