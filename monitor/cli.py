@@ -91,7 +91,7 @@ def demo(
     rate: Annotated[float, typer.Option(help="Simulated assistant turns per second.", min=0.001)] = 5.0,
     duration: Annotated[float, typer.Option(help="Stop after this many seconds (0: run until Ctrl-C).", min=0)] = 0.0,
     seed: Annotated[int, typer.Option(help="Simulator seed.")] = 0,
-    scenario: Annotated[str, typer.Option(help="Simulator scenario S0-S7 (see docs/scenarios.md).")] = "S1",
+    scenario: Annotated[str, typer.Option(help="Simulator scenario S0-S8 (see docs/scenarios.md).")] = "S1",
     onset: Annotated[float, typer.Option(help="Seconds before the scenario's shift sets in.", min=0)] = 600.0,
 ) -> None:
     """Embedded broker + SQLite + simulated traffic + the service, in one command. Ctrl-C stops."""

@@ -36,6 +36,7 @@ ROUTE_ROLES: dict[tuple[str, str], frozenset[str]] = {
     ("post", "/v1/review/items"): ADMIN,
     ("get", "/v1/review/items"): VIEW,
     ("get", "/v1/review/stats"): frozenset(ROLES),
+    ("get", "/v1/review/report"): VIEW,
     ("get", "/v1/review/rubric"): frozenset(ROLES),
 }
 OPEN = ("/healthz", "/readyz", "/metrics")

@@ -357,7 +357,7 @@ def test_scenario_sweep() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"name": "S8"}, "name must be one of S0, S1, S2, S3, S4, S5, S6, S7"),
+        ({"name": "S9"}, "name must be one of S0, S1, S2, S3, S4, S5, S6, S7, S8"),
         ({"name": "s1"}, "name must be one of"),
         ({"size": 1.5}, r"size must be a number in \[0, 1\]"),
         ({"size": -0.1}, "size must be"),

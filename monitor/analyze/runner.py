@@ -158,10 +158,11 @@ class Analyzer:
     def __init__(self, settings: Settings, sessions: sessionmaker[Session], *, metrics: Metrics | None = None,
                  publisher_factory: Callable[[], FlagPublisher] | None = None,
                  drift: DriftInputs | None = None, clock: Callable[[], datetime] = utcnow,
-                 derive: bool = True, entry_page: int = ENTRY_PAGE) -> None:
+                 derive: bool = True, entry_page: int = ENTRY_PAGE, review_seed: int | None = None) -> None:
         """``derive``: derive missing signals at the start of each run (False where a
         :class:`~monitor.analyze.derive.SignalDeriver` runs beside it). ``entry_page``: a run that
-        finds more entries than this due goes through them a page at a time (each checkpointed)."""
+        finds more entries than this due goes through them a page at a time (each checkpointed).
+        ``review_seed``: seeds the review sampler's draws (reproducible tests; default: fresh)."""
         if entry_page < 1:
             raise ValueError(f"entry_page must be >= 1, got {entry_page}")
         self.settings = settings
@@ -175,7 +176,7 @@ class Analyzer:
         self._publisher_factory = publisher_factory or (
             lambda: FlagPublisher(settings.bootstrap_servers, settings.flags_topic))
         self._drift = drift if drift is not None else DriftInputs(rows=settings.analyze_drift_rows)
-        self.sampler = ReviewSampler(settings, sessions) if settings.review_enabled else None
+        self.sampler = ReviewSampler(settings, sessions, seed=review_seed) if settings.review_enabled else None
 
     def run_once(self, *, publish: bool = True, drift: bool | None = None) -> RunSummary:
         """One run. ``drift``: build the drift report (None: when the last one is older than

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from monitor.analyze.segments import SegmentScheme
 from monitor.errors import Conflict, Forbidden, InvalidInput, NotFound
 from monitor.redaction import redact, redact_many
+from monitor.review.predict import rm_predictions
 from monitor.review.rubric import Rubric, check_comment, load_rubric
 from monitor.review.sampling import NO_MODE, Pick
 from monitor.store import review as store
@@ -35,9 +36,12 @@ MAX_SKIP_REASON = 500
 _SQLITE_LEASES = threading.Lock()
 
 
-def item_rows(turns: Sequence[Turn], picks: Sequence[Pick], scheme: SegmentScheme) -> list[dict[str, Any]]:
-    """``review_items`` rows of ``turns`` (same order as ``picks``), their text redacted. A name
-    found anywhere in the batch's texts is replaced everywhere in them."""
+def item_rows(session: Session, turns: Sequence[Turn], picks: Sequence[Pick],
+              scheme: SegmentScheme) -> list[dict[str, Any]]:
+    """``review_items`` rows of ``turns`` (same order as ``picks``), their text redacted (a name
+    found anywhere in the batch's texts is replaced everywhere in them), with what the reward
+    model promised for each (:mod:`monitor.review.predict`)."""
+    promised = rm_predictions(session, turns, scheme)
     contexts = [_context(turn) for turn in turns]
     texts = [x for turn, context in zip(turns, contexts, strict=True)
              for x in (turn.prompt, turn.response, *(m["content"] for m in context))]
@@ -52,6 +56,8 @@ def item_rows(turns: Sequence[Turn], picks: Sequence[Pick], scheme: SegmentSchem
             "domain": turn.domain, "mode": pick.mode if pick.mode != NO_MODE else None, "arm": pick.arm,
             "inclusion_probability": pick.inclusion_probability, "priority": pick.priority,
             "alert_id": pick.alert_id, "divergence": turn.divergence, "reward": turn.score,
+            "rm_prediction": promised.get(turn.id, (None, None))[0],
+            "reference_satisfaction": promised.get(turn.id, (None, None))[1],
             "context": context, "prompt": prompt, "response": response, "candidates": None,
             "duplicates": pick.duplicates, "reviews_required": pick.reviews_required, "reviews_done": 0,
             "active_leases": 0, "gold": pick.extra.get("gold"), "state": store.OPEN, "created_at": utcnow(),
@@ -226,7 +232,7 @@ class ReviewQueue:
                           reviews_required=reviews_required,
                           extra={"gold": gold[(t.conversation_id, t.turn)]} if gold is not None else {})
                      for t in turns]
-            return len(store.insert_items(session, item_rows(turns, picks, self.scheme), actor=actor, at=self.clock()))
+            return self._insert(session, turns, picks, actor)
 
     def enqueue_alert(self, alert_id: int, actor: str, *, limit: int = 20) -> int:
         """Queue an alert's turns: its evidence's top examples, then the segment's turns of highest
@@ -251,7 +257,11 @@ class ReviewQueue:
             turns = turns[:limit]
             picks = [Pick(t.id, "targeted", 1.0, alert.mode or NO_MODE, priority=2.0 - rank / max(len(turns), 1),
                           alert_id=alert.id) for rank, t in enumerate(turns)]
-            return len(store.insert_items(session, item_rows(turns, picks, self.scheme), actor=actor, at=self.clock()))
+            return self._insert(session, turns, picks, actor)
+
+    def _insert(self, session: Session, turns: Sequence[Turn], picks: Sequence[Pick], actor: str) -> int:
+        rows = item_rows(session, turns, picks, self.scheme)
+        return len(store.insert_items(session, rows, actor=actor, at=self.clock()))
 
     def stats(self) -> dict[str, Any]:
         now = self.clock()

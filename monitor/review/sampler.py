@@ -126,7 +126,7 @@ class ReviewSampler:
             picks = plan(candidates, firing.get(segment, []), budget, self.design, self.rng, text.__getitem__,
                          queued=store.recent_responses(session, segment, RECENT_QUEUED))
             chosen = {t.id: t for t in members}
-            rows = item_rows([chosen[p.turn_id] for p in picks], picks, self.scheme)
+            rows = item_rows(session, [chosen[p.turn_id] for p in picks], picks, self.scheme)
             ids = store.insert_items(session, rows, actor="sampler", at=self.clock())
             cursor.spent += len(ids)
             arms = {row["turn_id"]: row["arm"] for row in rows}

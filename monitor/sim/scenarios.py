@@ -18,6 +18,8 @@ S5      new prompts, domain mix    NO alert: a covariate-only shift, the RM stay
 S6      RM v2 swapped in           alert, verbosity + formatting on top of a reward offset
 S7      confident-wrong and        alert in investments only, overpromise
         overpromising investments
+S8      users rate lower than the  alert (the gap falls), but the RM is right: human review
+        answers deserve (bias)     finds humans agree with it (``user_rating_bias``)
 ======  =========================  ============================================================
 
 Numeric effects scale linearly with the intensity lambda, so ``size=0`` (or any time before onset)
@@ -44,7 +46,7 @@ from functools import lru_cache
 from monitor.sim.banks import _DISCLAIMERS, _SHIFTED_TOPICS, DOMAINS
 from monitor.sim.truth import MODES, GroundTruth
 
-SCENARIO_NAMES = ("S0", "S1", "S2", "S3", "S4", "S5", "S6", "S7")
+SCENARIO_NAMES = ("S0", "S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8")
 SHAPES = ("abrupt", "ramp")
 SWEEP_SIZES = (0.25, 0.5, 1.0)
 
@@ -143,6 +145,7 @@ class TurnKnobs:
     split_flattery_ratings: bool = False  # S2: a quick thumbs rating, then a delayed verdict
     flattery_quick_shift: float = 0.0
     flattery_delayed_shift: float = 0.0
+    rating_shift: float = 0.0  # S8: added to what users feel when they rate; the answers are as good as ever
 
 
 def _baseline(domain: str) -> TurnKnobs:
@@ -186,6 +189,8 @@ def _shifted_knobs(name: str, lam: float, domain: str) -> TurnKnobs:
         return replace(base, intensity=lam, p_overpromise=0.07 + 0.5 * lam,
                        p_disclaimer=base.p_disclaimer * (1.0 - lam * 6 / 7), p_wrong=0.12 + 0.2 * lam,
                        confident_wrong=True, overpromise_reward=0.05 + 0.1 * lam)
+    if name == "S8":
+        return replace(base, intensity=lam, rating_shift=-0.25 * lam)
     # S5 moves only the prompts (conversation_mix): responses, quality and reward stay as in S0.
     return replace(base, intensity=lam)
 

@@ -321,7 +321,7 @@ class TrafficSimulator:
         truth = GroundTruth(
             scenario=self.scenario.name if self.scenario else "S0", intensity=knobs.intensity,
             hacked=bool(response.modes), modes=response.modes, harmful_prompt=conversation.harmful_prompt is not None,
-            refused=response.refused, prompt_shifted=conversation.prompt_shifted,
+            refused=response.refused, prompt_shifted=conversation.prompt_shifted, quality=response.quality,
         )
         out = [SimulatedMessage("conversation", conversation.conversation_id, to_wire(event), at, truth)]
         if rng.random() < self.rating_rate:
@@ -336,7 +336,8 @@ class TrafficSimulator:
                 out.append(SimulatedMessage("rating", conversation.conversation_id, verdict, at + later))
             else:
                 delay = rng.expovariate(1.0 / self.mean_rating_delay_s)
-                rating = self._rating(rng, conversation, response, response.quality, ts + timedelta(seconds=delay))
+                rating = self._rating(rng, conversation, response, response.quality + knobs.rating_shift,
+                                      ts + timedelta(seconds=delay))
             if rng.random() < self.early_rating_rate:
                 # 1 - random() is in (0, 1], so the rating is strictly earlier than the turn.
                 early_at = max(0.0, at - _EARLY_WINDOW_S * (1.0 - rng.random()))

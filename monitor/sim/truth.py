@@ -50,6 +50,9 @@ class GroundTruth:
     harmful_prompt: bool
     refused: bool
     prompt_shifted: bool  # S5: the conversation opened with a prompt from the shifted distribution
+    #: What the answer is worth: users' expected satisfaction before rating noise and any user bias
+    #: (S8), in [0, 1]. Simulated annotators judge this (monitor.sim.annotators).
+    quality: float = float("nan")
 
 
 def hacked_modes(*, long: bool, markdown: bool, flattery: bool, overpromise: bool,

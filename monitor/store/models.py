@@ -290,6 +290,11 @@ class ReviewItem(Base):
     alert_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
     divergence: Mapped[float | None] = mapped_column(Float)
     reward: Mapped[float | None] = mapped_column(Float)
+    # The reward model's calibrated prediction of the turn's satisfaction (its segment's reward map
+    # when it was queued) and that reference's mean satisfaction: what the review report compares
+    # human judgements with. NULL where the segment had no calibration yet.
+    rm_prediction: Mapped[float | None] = mapped_column(Float)
+    reference_satisfaction: Mapped[float | None] = mapped_column(Float)
     # Redacted text: the earlier messages of the conversation, the prompt, the response, and the
     # alternative candidate responses where the event carried them (a pairwise task).
     context: Mapped[list] = mapped_column(JSON)

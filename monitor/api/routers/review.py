@@ -12,13 +12,14 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Response
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import select
 
 from monitor.api.auth import Principal, require
 from monitor.api.deps import ContextDep, SessionDep
 from monitor.auth import ADMIN, ANNOTATE, ROLES, VIEW
 from monitor.errors import InvalidInput
+from monitor.review.report import build_report
 from monitor.review.rubric import MAX_COMMENT
 from monitor.store.models import ReviewItem
 
@@ -142,6 +143,21 @@ def list_items(session: SessionDep, _caller: Viewer,
         "gold": item.gold is not None, "state": item.state, "created_at": item.created_at.isoformat(),
         "prompt": item.prompt, "response": item.response,
     } for item in session.scalars(query)]}
+
+
+@router.get("/report")
+def report(session: SessionDep, context: ContextDep, _caller: Viewer,
+           segment: Annotated[str | None, Query(max_length=256)] = None,
+           since: Annotated[AwareDatetime | None, Query(description="Turns from this event time on.")] = None,
+           until: Annotated[AwareDatetime | None, Query(description="Turns before this event time.")] = None,
+           ) -> dict[str, Any]:
+    """What the human labels say: per segment (control arm, re-weighted) and per alert (its
+    targeted items), human satisfaction vs the RM's calibrated prediction vs the users' realised
+    satisfaction with 95% intervals and a verdict; agreement per rubric item; annotators' gold
+    accuracy. See docs/review.md."""
+    if since is not None and until is not None and since >= until:
+        raise InvalidInput("since must be before until")
+    return build_report(session, context.review.rubric, segment=segment, since=since, until=until)
 
 
 @router.get("/stats")

@@ -64,6 +64,8 @@ def upgrade() -> None:
     sa.Column('alert_id', sa.BigInteger(), nullable=True),
     sa.Column('divergence', sa.Float(), nullable=True),
     sa.Column('reward', sa.Float(), nullable=True),
+    sa.Column('rm_prediction', sa.Float(), nullable=True),
+    sa.Column('reference_satisfaction', sa.Float(), nullable=True),
     sa.Column('context', sa.JSON(), nullable=False),
     sa.Column('prompt', sa.Text(), nullable=False),
     sa.Column('response', sa.Text(), nullable=False),
