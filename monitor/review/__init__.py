@@ -1,0 +1,1 @@
+"""Shadow human evaluation: the review queue, its sampling design, rubric, agreement and report (docs/review.md)."""
