@@ -499,6 +499,24 @@ def bench_uncertainty(
     typer.echo("\n".join(result.report_lines()))
 
 
+@bench_app.command("review")
+def bench_review(
+    reps: Annotated[int, typer.Option(help="Simulated worlds per scenario (5 segment intervals each).", min=1)] = 100,
+    seed: Annotated[int, typer.Option(help="Seed of the worlds.")] = 0,
+    scenarios: Annotated[str, typer.Option(help="Comma-separated scenarios: S0, S1, S8.")] = "S0,S1,S8",
+) -> None:
+    """Coverage of the review report's human-RM gap interval and its verdicts, with a simulated annotator pool."""
+    from monitor.bench.review import report, run_review_benchmark
+
+    names = tuple(name.strip() for name in scenarios.split(",") if name.strip())
+    try:
+        results = run_review_benchmark(reps=reps, seed=seed, scenarios=names,
+                                       echo=lambda line: typer.echo(line, err=True))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    typer.echo(report(results, reps))
+
+
 @bench_app.command("detect")
 def bench_detect(
     full: Annotated[bool, typer.Option("--full", help="Sweep shift size, abrupt/ramp and rating rate (slow).")] = False,

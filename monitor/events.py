@@ -78,6 +78,26 @@ class EventMetadata(_Strict):
     prompt_risk: Literal["safe", "harmful"] | None = None
 
 
+#: Alternative responses one event may carry (pairwise review).
+MAX_CANDIDATES = 8
+
+
+class CandidateResponse(_Strict):
+    """An alternative response to the same prompt (another sample, another model): the review
+    queue shows it beside the served one as a pairwise task."""
+
+    content: str
+    model_version: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = None
+    reward: float | None = None
+
+    @field_validator("reward")
+    @classmethod
+    def _finite(cls, reward: float | None) -> float | None:
+        if reward is not None and not math.isfinite(reward):
+            raise ValueError("reward must be a finite number")
+        return reward
+
+
 class _TurnEvent(_Strict):
     """Fields both topics share: the event's identity and the assistant turn it is about."""
 
@@ -96,6 +116,8 @@ class ConversationEvent(_TurnEvent):
     segment: Segment
     reward: float | None = None
     metadata: EventMetadata | None = None
+    #: Optional alternative responses to the same prompt (backward compatible: absent is None).
+    candidates: Annotated[list[CandidateResponse], Field(max_length=MAX_CANDIDATES)] | None = None
 
     @field_validator("messages")
     @classmethod

@@ -20,6 +20,11 @@ def _value(value: float | None) -> float:
     return float("nan") if value is None else float(value)
 
 
+def _label_sets(gauge: Gauge) -> list[tuple[str, ...]]:
+    """The label values of every series a labelled gauge has now."""
+    return [tuple(sample.labels.values()) for metric in gauge.collect() for sample in metric.samples]
+
+
 class Metrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
@@ -183,6 +188,45 @@ class Metrics:
             "over_refusal: refusals among safe prompts; harmful_compliance: answers to harmful prompts.",
             ["segment", "rate"], registry=registry,
         )
+        # The review queue (monitor.review): its depth, and what the human labels say per segment
+        # (the report's control-arm estimates over the last REVIEW_REPORT_DAYS, verdict as 1/0 series).
+        self.review_depth = Gauge(
+            "monitor_review_queue_depth", "Open review items (still needing a label), by sampling arm.", ["arm"],
+            registry=registry,
+        )
+        self.review_oldest = Gauge(
+            "monitor_review_oldest_open_age_seconds", "Age of the oldest open review item (0: none open).",
+            registry=registry,
+        )
+        self.review_annotations = Gauge(
+            "monitor_review_annotations", "Annotations stored so far.", registry=registry,
+        )
+        self.review_figure = Gauge(
+            "monitor_review_satisfaction_ratio",
+            "Review report, per segment (control arm, re-weighted): human, rm (its calibrated prediction) or "
+            "users (realised) satisfaction on the reviewed items.",
+            ["segment", "source"], registry=registry,
+        )
+        self.review_gap = Gauge(
+            "monitor_review_gap_human_rm_ratio", "Human minus RM-predicted satisfaction on reviewed items.",
+            ["segment"], registry=registry,
+        )
+        self.review_gap_bound = Gauge(
+            "monitor_review_gap_human_rm_bound_ratio", "Bound of the 95% interval of the human - RM gap.",
+            ["segment", "bound"], registry=registry,
+        )
+        self.review_verdict = Gauge(
+            "monitor_review_verdict", "1 for the review report's current verdict of the segment, 0 for the others.",
+            ["segment", "verdict"], registry=registry,
+        )
+        self.review_alpha = Gauge(
+            "monitor_review_agreement_alpha", "Krippendorff's alpha of the annotators, per rubric item.", ["item"],
+            registry=registry,
+        )
+        self.review_flagged = Gauge(
+            "monitor_review_annotators_flagged", "Annotators whose gold accuracy is far below the pool's.",
+            registry=registry,
+        )
         for kind in EVENT_KINDS:
             self.events_accepted.labels(kind=kind)
         for reason in DEAD_LETTER_REASONS:
@@ -219,6 +263,31 @@ class Metrics:
                 _value(stats["safety"]["harmful_compliance_rate"]))
             for detector in ANALYSIS_DETECTORS:
                 self.alerts_firing.labels(segment=segment, detector=detector).set(firing.get((segment, detector), 0))
+
+    def record_review(self, stats: dict, report: dict, verdicts: tuple[str, ...]) -> None:
+        """Replace the review gauges with the queue's stats and a report's figures."""
+        depth: dict[str, int] = {}
+        for group in stats["groups"]:
+            depth[group["arm"]] = depth.get(group["arm"], 0) + group["open"]
+        for arm in set(depth) | {labels[0] for labels in _label_sets(self.review_depth)}:
+            self.review_depth.labels(arm=arm).set(depth.get(arm, 0))
+        self.review_oldest.set(stats["oldest_open_age_seconds"] or 0.0)
+        self.review_annotations.set(stats["annotations"])
+        for segment in report["segments"]:
+            name = segment["segment"]
+            for source, key in (("human", "human_satisfaction"), ("rm", "rm_prediction"),
+                                ("users", "user_satisfaction")):
+                self.review_figure.labels(segment=name, source=source).set(_value((segment[key] or {}).get("estimate")))
+            gap = segment["gap_human_rm"] or {}
+            self.review_gap.labels(segment=name).set(_value(gap.get("estimate")))
+            bounds = gap.get("ci95") or (None, None)
+            self.review_gap_bound.labels(segment=name, bound="lower").set(_value(bounds[0]))
+            self.review_gap_bound.labels(segment=name, bound="upper").set(_value(bounds[1]))
+            for verdict in verdicts:
+                self.review_verdict.labels(segment=name, verdict=verdict).set(int(segment["verdict"] == verdict))
+        for item, figures in report["agreement"].items():
+            self.review_alpha.labels(item=item).set(_value(figures["alpha"]))
+        self.review_flagged.set(sum(a["flagged"] for a in report["annotators"]))
 
     def init_topics(self, topics: tuple[str, ...]) -> None:
         """Expose zero-valued series for the configured topics before any record arrives."""

@@ -699,3 +699,24 @@ def test_timestamp_helper_uses_z_suffix() -> None:
     value = datetime(2026, 11, 27, 10, 0, 5, tzinfo=UTC)
     assert timestamp(value) == "2026-11-27T10:00:05Z"
     assert parse_conversation(wire(conversation(ts=timestamp(value)))).ts == value
+
+
+def test_candidates_are_optional_alternative_responses() -> None:
+    assert parse_conversation(wire(conversation())).candidates is None  # old producers: nothing changes
+    event = parse_conversation(wire(conversation(candidates=[
+        {"content": "A shorter answer.", "model_version": "assistant-2026-11-27", "reward": 0.2},
+        {"content": "Another one."}])))
+    assert [c.content for c in event.candidates] == ["A shorter answer.", "Another one."]
+    assert event.candidates[0].reward == 0.2 and event.candidates[1].model_version is None
+
+
+@pytest.mark.parametrize("candidates", [
+    [{"content": f"answer {i}"} for i in range(9)],  # more than MAX_CANDIDATES
+    [{"content": "x", "reward": float("inf")}],
+    [{"content": "x", "score": 1}],  # unknown field
+    [{"reward": 0.1}],  # no content
+    "an answer",
+])
+def test_bad_candidates_are_rejected(candidates: object) -> None:
+    raw = json.dumps(conversation(candidates=candidates), allow_nan=True).encode()
+    assert reason(parse_conversation, raw) == "invalid_fields"

@@ -302,3 +302,31 @@ def test_no_structured_pii_reaches_the_review_tables(stack, migrated_url: str) -
     for value in planted:
         assert not any(value in text for text in stored), value
         assert not any(value in text for text in served), value
+
+
+def test_an_event_with_candidates_becomes_a_blind_pairwise_task(stack, migrated_url: str) -> None:
+    start, sessions = stack
+    url = start(0)
+    event = conversation("pair-1", response="Served: freeze it in the app.", reward=0.9,
+                         candidates=[{"content": "Candidate: call us on +44 20 7946 0958.", "reward": 0.1}])
+    write_records(sessions, [KafkaRecord("conversations", 2, 0, b"pair-1", wire(event))])
+    annotator = api_key(migrated_url, "annotator")
+    with httpx.Client(base_url=url, timeout=60) as http:
+        assert http.post("/v1/review/items", json={"conversation_ids": ["pair-1"]},
+                         headers=api_key(migrated_url, "admin")).json() == {"added": 1}
+        item = http.post("/v1/review/next", headers=annotator).json()
+        assert item["task"] == "pairwise"
+        assert [c["label"] for c in item["candidates"]] == ["A", "B"]
+        assert all(set(c) == {"label", "response"} for c in item["candidates"])  # which one was served: hidden
+        texts = {c["response"] for c in item["candidates"]}
+        assert texts == {"Served: freeze it in the app.", "Candidate: call us on [PHONE]."}
+        assert "7946" not in json.dumps(item)
+        rating_labels = http.post(f"/v1/review/items/{item['item_id']}/annotations",
+                                  json={"lease_id": item["lease_id"], "labels": LABELS}, headers=annotator)
+        assert rating_labels.status_code == 422 and "preference" in rating_labels.json()["error"]["message"]
+        chose = http.post(f"/v1/review/items/{item['item_id']}/annotations",
+                          json={"lease_id": item["lease_id"], "labels": {"preference": "tie"}}, headers=annotator)
+        assert chose.status_code == 201, chose.text
+    with sessions() as session:
+        stored = session.scalars(select(ReviewItem)).one()
+    assert {c["source"] for c in stored.candidates} == {"served", "candidate:0"}

@@ -21,7 +21,10 @@ from monitor.api.app import create_app
 from monitor.api.context import AppContext
 from monitor.api.server import ApiServer
 from monitor.health import HealthState
+from monitor.metrics import Metrics
+from monitor.review.estimate import VERDICTS
 from monitor.review.queue import ReviewQueue
+from monitor.review.report import build_report
 from monitor.review.rubric import load_rubric
 from monitor.scoring.base import ProducerRewardScorer
 from monitor.sim.annotators import AnnotatorPool
@@ -123,6 +126,24 @@ def test_s1_humans_side_with_users_against_the_rm(migrated_url: str, topic_setti
                                             if alerts[a] != "insufficient_data")
         # Before the onset the RM was calibrated: no segment says otherwise.
         assert {s["verdict"] for s in before.json()["segments"]} <= {"aligned", "insufficient_data"}, before.text
+        # The gauges: a run after the labels exports the report (last 7 days) and the queue's depth.
+        registry = CollectorRegistry()
+        Analyzer(settings, sessions, metrics=Metrics(registry)).run_once(publish=False)
+        with sessions() as session:
+            full = build_report(session, load_rubric(), draws=0)
+        for segment in full["segments"]:
+            shown = [v for v in VERDICTS if registry.get_sample_value(
+                "monitor_review_verdict", {"segment": segment["segment"], "verdict": v}) == 1]
+            assert shown == [segment["verdict"]]
+            assert registry.get_sample_value("monitor_review_gap_human_rm_ratio", {"segment": segment["segment"]}) \
+                == pytest.approx(segment["gap_human_rm"]["estimate"])
+            assert registry.get_sample_value("monitor_review_gap_human_rm_bound_ratio",
+                                             {"segment": segment["segment"], "bound": "upper"}) \
+                == pytest.approx(segment["gap_human_rm"]["ci95"][1])
+        assert registry.get_sample_value("monitor_review_queue_depth", {"arm": "control"}) == 0  # all labelled
+        assert registry.get_sample_value("monitor_review_annotations") > 200
+        assert registry.get_sample_value("monitor_review_agreement_alpha", {"item": "overall"}) \
+            == pytest.approx(full["agreement"]["overall"]["alpha"])
         # Agreement on the overlapped items (flags need gold items: see the last test).
         assert report["agreement"]["overall"]["items"] >= 10 and report["agreement"]["overall"]["alpha"] > 0.3
         assert report["agreement"]["overall"]["ci95"] is not None
@@ -134,8 +155,6 @@ def test_s8_humans_side_with_the_rm_against_the_users(migrated_url: str, topic_s
     engine, sessions, settings, onset = run("S8", migrated_url, topic_settings, seed=6)
     try:
         with sessions() as session:
-            from monitor.review.report import build_report
-
             report = build_report(session, load_rubric(), since=onset, draws=0)
         verdicts = [s["verdict"] for s in report["segments"]]
         assert verdicts.count("user_rating_bias") >= 3 and set(verdicts) <= {"user_rating_bias", "insufficient_data"}, \
@@ -167,8 +186,6 @@ def test_gold_items_flag_a_careless_annotator(careless_share: float, migrated_ur
         assert queue.enqueue_conversations(sorted({c for c, _ in keys}), "admin", gold=gold, reviews_required=5) == 12
         label_everything(queue, sessions, truth, pool, 7)
         with sessions() as session:
-            from monitor.review.report import build_report
-
             report = build_report(session, load_rubric(), draws=200)
         flags = {a["annotator"]: a["flagged"] for a in report["annotators"]}
         assert flags["sim-annotator-4"] is True

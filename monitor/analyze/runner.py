@@ -51,6 +51,9 @@ from monitor.analyze.window_stats import reported_segments, segment_stats
 from monitor.config import Settings
 from monitor.errors import BrokerUnavailable, StoreUnavailable
 from monitor.metrics import Metrics
+from monitor.review.estimate import VERDICTS
+from monitor.review.report import build_report
+from monitor.review.rubric import load_rubric
 from monitor.review.sampler import ReviewSampler
 from monitor.store.analysis import (
     alerts_by_key,
@@ -79,6 +82,7 @@ from monitor.store.analysis import (
     window_rows,
 )
 from monitor.store.models import Alert, AnalysisRun, utcnow
+from monitor.store.review import stats as review_stats
 
 if TYPE_CHECKING:
     from monitor.analyze.drift import DriftReport
@@ -91,6 +95,8 @@ RUNS_KEPT = 100
 REPORTS_KEPT = 3
 #: Entries a run reads at once: a catch-up over more goes page by page, so its memory is a page's.
 ENTRY_PAGE = 50_000
+#: The review gauges summarise the reviewed turns of this many days (event time) before the watermark.
+REVIEW_REPORT_DAYS = 7
 
 
 @dataclass
@@ -403,9 +409,23 @@ class Analyzer:
             return
         try:
             summary.queued = dict(self.sampler.sample(from_seconds(watermark)))
+            if self.metrics:
+                self._record_review(from_seconds(watermark))
         except Exception as exc:  # noqa: BLE001 - the analysis must go on; the next run retries
             summary.review_error = f"{type(exc).__name__}: {exc}"
             log.exception("review sampling failed; retrying on the next run")
+
+    def _record_review(self, watermark: datetime | None) -> None:
+        """The review gauges: the queue's stats, and the report over the last REVIEW_REPORT_DAYS of
+        event time (intervals but no agreement bootstrap: this runs every minute)."""
+        assert self.metrics is not None
+        rubric = load_rubric()
+        since = watermark - timedelta(days=REVIEW_REPORT_DAYS) if watermark is not None else None
+        with self.sessions() as session:
+            now = utcnow()
+            stats = review_stats(session, now)
+            report = build_report(session, rubric, since=since, draws=0)
+        self.metrics.record_review(stats, report, VERDICTS)
 
     def _sync_alerts(self, session: Session, episodes: dict[str, Episode]) -> tuple[list[Alert], list[Alert]]:
         """Upsert one alert per changed episode (its key never changes); returns the alerts this

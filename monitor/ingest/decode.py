@@ -163,6 +163,7 @@ def turn_row(record: KafkaRecord, event: ConversationEvent, outcome: ScoreOutcom
         "messages": [{"role": m.role, "content": m.content} for m in event.messages],
         "prompt": prompt,
         "response": response,
+        "candidates": [c.model_dump() for c in event.candidates] if event.candidates else None,
         "producer_reward": event.reward,
         "score": outcome.score,
         "scorer": scorer,

@@ -43,13 +43,15 @@ def item_rows(session: Session, turns: Sequence[Turn], picks: Sequence[Pick],
     model promised for each (:mod:`monitor.review.predict`)."""
     promised = rm_predictions(session, turns, scheme)
     contexts = [_context(turn) for turn in turns]
-    texts = [x for turn, context in zip(turns, contexts, strict=True)
-             for x in (turn.prompt, turn.response, *(m["content"] for m in context))]
+    rivals = [_rival(turn) for turn in turns]
+    texts = [x for turn, context, rival in zip(turns, contexts, rivals, strict=True)
+             for x in (turn.prompt, turn.response, *(m["content"] for m in context), *rival)]
     redacted_texts = iter(redact_many(texts))
     rows = []
-    for turn, pick, raw_context in zip(turns, picks, contexts, strict=True):
+    for turn, pick, raw_context, rival in zip(turns, picks, contexts, rivals, strict=True):
         prompt, response = next(redacted_texts), next(redacted_texts)
         context = [{"role": m["role"], "content": next(redacted_texts)} for m in raw_context]
+        candidates = _pair(turn, response or "", next(redacted_texts) or "") if rival else None
         rows.append({
             "turn_id": turn.id, "event_id": str(turn.event_id), "conversation_id": turn.conversation_id,
             "turn": turn.turn, "turn_ts": turn.ts, "segment": scheme.key(turn.domain, turn.model_version, turn.locale),
@@ -58,11 +60,26 @@ def item_rows(session: Session, turns: Sequence[Turn], picks: Sequence[Pick],
             "alert_id": pick.alert_id, "divergence": turn.divergence, "reward": turn.score,
             "rm_prediction": promised.get(turn.id, (None, None))[0],
             "reference_satisfaction": promised.get(turn.id, (None, None))[1],
-            "context": context, "prompt": prompt, "response": response, "candidates": None,
+            "context": context, "prompt": prompt, "response": response, "candidates": candidates,
             "duplicates": pick.duplicates, "reviews_required": pick.reviews_required, "reviews_done": 0,
             "active_leases": 0, "gold": pick.extra.get("gold"), "state": store.OPEN, "created_at": utcnow(),
         })
     return rows
+
+
+def _rival(turn: Turn) -> list[str]:
+    """The alternative response a pairwise task sets against the served one: the event's first."""
+    candidates = turn.candidates or []
+    return [str(candidates[0].get("content", ""))] if candidates else []
+
+
+def _pair(turn: Turn, served: str, rival: str) -> list[dict[str, str]]:
+    """The two responses as A and B, in an order drawn per turn (stable: from its event id), so
+    that neither position means "served"; ``source`` stays with the item, never shown."""
+    pair = [{"response": served, "source": "served"}, {"response": rival, "source": "candidate:0"}]
+    if uuid.UUID(str(turn.event_id)).int % 2:
+        pair.reverse()
+    return [{"label": label, **entry} for label, entry in zip(("A", "B"), pair, strict=True)]
 
 
 def _context(turn: Turn) -> list[dict[str, str]]:

@@ -1,9 +1,10 @@
 """The review rubric: versioned questions with their allowed answers (``monitor/data/rubric.json``,
 guidelines in docs/rubric.md), and the checks an annotation must pass against it.
 
-An annotation is a mapping of item name to value. Every required item of the task must be there
-(``preference`` only on a pairwise task, never on a single response), no unknown item, every value
-one of the item's ``values``. Ordinal items are Likert scales (integers); nominal items are labels.
+An annotation is a mapping of item name to value. Every required item of the task must be there,
+no unknown item, every value one of the item's ``values``. Ordinal items are Likert scales
+(integers); nominal items are labels. A *rating* task (one response) has every item but
+``preference``; a *pairwise* task (two responses, A and B) has ``preference`` alone.
 
 >>> rubric = load_rubric()
 >>> rubric.version
@@ -58,16 +59,18 @@ class Rubric:
         raise KeyError(name)
 
     def task_items(self, *, pairwise: bool) -> tuple[RubricItem, ...]:
-        """The items of a task: every rating item, plus the preference on a pairwise task."""
-        return tuple(item for item in self.items if pairwise or not item.pairwise)
+        """The items of a task: the rating items, or on a pairwise task the pairwise ones."""
+        return tuple(item for item in self.items if item.pairwise == pairwise)
 
     def check(self, labels: Any, *, pairwise: bool) -> dict[str, Any]:
         """``labels`` if it fits this rubric for the task; :class:`InvalidInput` naming what does not."""
         if not isinstance(labels, dict):
             raise InvalidInput(f"labels must be an object of rubric item to value (rubric {self.version})")
         items = {item.name: item for item in self.task_items(pairwise=pairwise)}
-        problems = [f"unknown item {name!r}" + (" (a single response has no preference)" if name == "preference"
-                                                 else "") for name in labels if name not in items]
+        hint = " (a pairwise task asks for the preference alone)" if pairwise else \
+            " (a single response has no preference)"
+        problems = [f"unknown item {name!r}" + (hint if name == "preference" or pairwise else "")
+                    for name in labels if name not in items]
         for name, item in items.items():
             if name not in labels:
                 if item.required:

@@ -116,6 +116,8 @@ class Turn(_FromKafka, Base):
     messages: Mapped[list] = mapped_column(JSON)
     prompt: Mapped[str] = mapped_column(Text)
     response: Mapped[str] = mapped_column(Text)
+    # The event's alternative responses ({"content", "model_version", "reward"}), when it carried any.
+    candidates: Mapped[list | None] = mapped_column(JSON)
     producer_reward: Mapped[float | None] = mapped_column(Float)
     score: Mapped[float | None] = mapped_column(Float)
     scorer: Mapped[str | None] = mapped_column(String(256))

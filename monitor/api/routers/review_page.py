@@ -87,7 +87,7 @@ def _next(context: ContextDep, caller: Principal, *, notice: str | None = None, 
         return _render("done.html", status=status if error else 200, annotator=caller.name,
                        notice=error or notice)
     rubric = context.review.rubric
-    questions = [raw for raw in rubric.document["items"] if not raw.get("pairwise") or item["task"] == "pairwise"]
+    questions = [raw for raw in rubric.document["items"] if bool(raw.get("pairwise")) == (item["task"] == "pairwise")]
     return _render("item.html", status=status, annotator=caller.name, item=item, rubric=rubric.document,
                    questions=questions, notice=notice, error=error, chosen=chosen or {})
 

@@ -4,7 +4,8 @@ Revision ID: 0007
 Revises: 0006
 Create Date: 2026-11-30 06:00:00
 
-The shadow human evaluation queue (monitor.review). Items hold redacted text only.
+The shadow human evaluation queue (monitor.review). Items hold redacted text only. Turns gain
+the optional alternative responses of conversation/v1 (``candidates``) for pairwise review.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ depends_on = None
 
 
 def upgrade() -> None:
+    with op.batch_alter_table('turns', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('candidates', sa.JSON(), nullable=True))
     op.create_table('review_annotations',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('item_id', sa.BigInteger(), nullable=False),
@@ -109,6 +112,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    with op.batch_alter_table('turns', schema=None) as batch_op:
+        batch_op.drop_column('candidates')
     op.drop_table('review_sampling')
     op.drop_index('ix_review_leases_open', table_name='review_leases')
     op.drop_index(op.f('ix_review_leases_annotator'), table_name='review_leases')
