@@ -92,6 +92,7 @@ def run_demo(settings: Settings, *, rate: float, duration: float, seed: int,
             key = _demo_admin_key(settings)
             console.print(f"API      {url}  (try {url}/readyz, {url}/docs)")
             console.print(f"API key  {key}  (admin; curl -H 'Authorization: Bearer {key}' {url}/v1/alerts)")
+            console.print(f"Review   {url}/review  (sign in with the key above; the queue fills as the analyzer runs)")
             console.print(f"metrics  {url}/metrics")
             console.print("Ctrl-C stops everything.")
             threading.Thread(target=simulate, name="simulator", daemon=True).start()

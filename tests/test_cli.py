@@ -181,6 +181,7 @@ def test_demo_runs_everything_and_stops_cleanly(tmp_path) -> None:
     # The demo printed an admin key of its own, and the store knows it (by its digest only).
     printed = re.search(r"API key  (mon_\S+)  \(admin", stderr)
     assert printed, stderr[-2000:]
+    assert f"http://127.0.0.1:{api_port}/review" in stderr  # the annotator page
     engine = make_engine(url)
     with make_session_factory(engine)() as session:
         demo_key = active_key(session, printed[1])

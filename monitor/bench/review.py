@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from monitor.analyze.calibration import fit_reward_map, reward_map
-from monitor.review.estimate import Unit, summarise
+from monitor.review.estimate import MARGIN, Unit, summarise
 from monitor.review.sampling import Candidate, Design, plan
 from monitor.sim.annotators import AnnotatorPool
 from monitor.sim.scenarios import Scenario
@@ -55,6 +55,10 @@ class ScenarioResult:
     covered: int = 0
     widths: list[float] = field(default_factory=list)
     verdicts: Counter[str] = field(default_factory=Counter)
+    #: Culprit verdicts by whether the truth backs them: the true gap (human - RM for
+    #: rm_misaligned, human - users for user_rating_bias) beyond the margin in the named
+    #: direction, inside the margin, or of the wrong sign.
+    backing: Counter[tuple[str, str]] = field(default_factory=Counter)
 
     @property
     def coverage(self) -> float:
@@ -98,6 +102,8 @@ def _repetition(name: str, seed: int, result: ScenarioResult) -> None:
         p = reward_map(turns["reward"], *fit)
         expected = pool.expected_satisfaction(turns["quality"])
         truth = float(np.mean(expected[window] - p[window]))
+        rated_window = window[~np.isnan(turns["satisfaction"][window])]
+        truth_users = float(np.mean(expected[rated_window] - turns["satisfaction"][rated_window]))
         units: list[Unit] = []
         for start in np.arange(ONSET_S, ONSET_S + WINDOW_S, PERIOD_S):
             members = window[(turns["at"][window] >= start) & (turns["at"][window] < start + PERIOD_S)]
@@ -119,6 +125,10 @@ def _repetition(name: str, seed: int, result: ScenarioResult) -> None:
         result.covered += int(low <= truth <= high)
         result.widths.append(high - low)
         result.verdicts[summary["verdict"]] += 1
+        named = {"rm_misaligned": -truth, "user_rating_bias": truth_users}.get(summary["verdict"])
+        if named is not None:
+            result.backing[(summary["verdict"], "beyond the margin" if named >= MARGIN else
+                            "within it" if named > 0 else "wrong sign")] += 1
 
 
 def _no_text(_turn_id: int) -> str:  # the control arm never compares texts
@@ -155,7 +165,11 @@ def report(results: list[ScenarioResult], reps: int) -> str:
         wrong = sum(count for verdict, count in r.verdicts.items()
                     if verdict in culprits and verdict not in EXPECTED[r.name].split(" or "))
         lines.append(f"{r.name}: expected verdict in {right / max(1, r.intervals):.0%} of segments, "
-                     f"a wrong culprit named in {wrong / max(1, r.intervals):.1%}")
+                     f"another culprit named in {wrong / max(1, r.intervals):.1%}")
+        for (verdict, truth), count in sorted(r.backing.items()):
+            lines.append(f"    {verdict} named {count} times with the true gap {truth}")
+    lines.append("(the truth of a world: its fitted reward map against the pool's exact expected judgement; a map "
+                 f"fitted on {REFERENCE} labels can be off by more than the margin, and then the culprit is real)")
     total = sum(r.intervals for r in results)
     covered = sum(r.covered for r in results)
     lines.append(f"all: coverage {covered / max(1, total):.1%} of {total} intervals (target >= 94%)")
