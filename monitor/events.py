@@ -295,8 +295,10 @@ def parse_rating(raw: bytes) -> RatingEvent:
 
 
 def to_wire(event: ConversationEvent | RatingEvent | FlagEvent) -> bytes:
-    """Serialise an event exactly as producers put it on the wire."""
-    return event.model_dump_json(by_alias=True).encode("utf-8")
+    """Serialise an event exactly as producers put it on the wire (an event without ``candidates``
+    leaves the field out, as producers that predate it do)."""
+    exclude = {"candidates"} if isinstance(event, ConversationEvent) and event.candidates is None else None
+    return event.model_dump_json(by_alias=True, exclude=exclude).encode("utf-8")
 
 
 def timestamp(value: datetime) -> str:

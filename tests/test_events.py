@@ -720,3 +720,9 @@ def test_candidates_are_optional_alternative_responses() -> None:
 def test_bad_candidates_are_rejected(candidates: object) -> None:
     raw = json.dumps(conversation(candidates=candidates), allow_nan=True).encode()
     assert reason(parse_conversation, raw) == "invalid_fields"
+
+
+def test_candidates_survive_the_wire_and_their_absence_stays_absent() -> None:
+    with_candidates = parse_conversation(wire(conversation(candidates=[{"content": "Another answer."}])))
+    assert parse_conversation(to_wire(with_candidates)) == with_candidates
+    assert "candidates" not in json.loads(to_wire(parse_conversation(wire(conversation()))))

@@ -16,6 +16,7 @@ import math
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import numpy as np
 from sqlalchemy import select
@@ -27,7 +28,7 @@ from monitor.review.queue import item_rows
 from monitor.review.sampling import Candidate, Design, FiringAlert, plan
 from monitor.signals import SIGNAL_NAMES
 from monitor.store import review as store
-from monitor.store.models import Alert, ReviewSampling, Turn, utcnow
+from monitor.store.models import Alert, ReviewSampling, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ class ReviewSampler:
     def _period(self, session: Session, cursors: dict[str, ReviewSampling], start: datetime, end: datetime,
                 first: datetime) -> Counter[str]:
         turns = store.turns_between(session, start, end, TURNS_PER_PERIOD)
-        by_segment: dict[str, list[Turn]] = {}
+        by_segment: dict[str, list[Any]] = {}
         for turn in turns:
             by_segment.setdefault(self.scheme.key(turn.domain, turn.model_version, turn.locale), []).append(turn)
         firing: dict[str, list[FiringAlert]] = {}
@@ -104,7 +105,14 @@ class ReviewSampler:
             firing.setdefault(alert.segment, []).append(FiringAlert(alert.id, alert.mode))
         added: Counter[str] = Counter()
         day = start.date().isoformat()
-        queued = store.queued_turn_ids(session, [t.id for t in turns])
+        queued = store.queued_between(session, start, end)
+        responses: dict[int, str] = {}
+
+        def text_of(turn_id: int) -> str:  # read only for the turns a near-duplicate check reaches
+            if turn_id not in responses:
+                responses[turn_id] = store.response_of(session, turn_id)
+            return responses[turn_id]
+
         for segment in sorted(set(by_segment) | set(cursors)):
             cursor = cursors.get(segment)
             if cursor is None:
@@ -122,10 +130,9 @@ class ReviewSampler:
             candidates = [Candidate(t.id, t.domain, t.divergence if t.divergence is not None else math.nan,
                                     {name: getattr(t, f"sig_{name}") for name in SIGNAL_NAMES
                                      if getattr(t, f"sig_{name}") is not None}) for t in members]
-            text = {t.id: t.response for t in members}
-            picks = plan(candidates, firing.get(segment, []), budget, self.design, self.rng, text.__getitem__,
+            picks = plan(candidates, firing.get(segment, []), budget, self.design, self.rng, text_of,
                          queued=store.recent_responses(session, segment, RECENT_QUEUED))
-            chosen = {t.id: t for t in members}
+            chosen = store.turns_by_id(session, [p.turn_id for p in picks])
             rows = item_rows(session, [chosen[p.turn_id] for p in picks], picks, self.scheme)
             ids = store.insert_items(session, rows, actor="sampler", at=self.clock())
             cursor.spent += len(ids)

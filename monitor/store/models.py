@@ -281,7 +281,7 @@ class ReviewItem(Base):
     event_id: Mapped[str] = mapped_column(String(64))
     conversation_id: Mapped[str] = mapped_column(String(256))
     turn: Mapped[int] = mapped_column(Integer)
-    turn_ts: Mapped[datetime] = mapped_column(UTCDateTime)
+    turn_ts: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     segment: Mapped[str] = mapped_column(String(256), index=True)
     domain: Mapped[str] = mapped_column(String(64))
     mode: Mapped[str | None] = mapped_column(String(32))

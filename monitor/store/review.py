@@ -20,6 +20,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from monitor.signals import SIGNAL_NAMES
 from monitor.store.models import ReviewAnnotation, ReviewAudit, ReviewItem, ReviewLease, ReviewSampling, Turn
 
 OPEN = "open"
@@ -59,6 +60,12 @@ def queued_turn_ids(session: Session, turn_ids: Sequence[int]) -> set[int]:
         chunk = list(turn_ids[start:start + 500])
         found.update(session.scalars(select(ReviewItem.turn_id).where(ReviewItem.turn_id.in_(chunk))))
     return found
+
+
+def queued_between(session: Session, since: datetime, until: datetime) -> set[int]:
+    """Turns with event time in ``(since, until]`` that are queued already."""
+    return set(session.scalars(select(ReviewItem.turn_id).where(ReviewItem.turn_ts > since,
+                                                                ReviewItem.turn_ts <= until)))
 
 
 def turn_ids_of(session: Session, item_ids: Sequence[int]) -> list[int]:
@@ -153,11 +160,32 @@ def sampling_cursor(session: Session, segment: str) -> ReviewSampling | None:
     return session.get(ReviewSampling, segment)
 
 
-def turns_between(session: Session, since: datetime, until: datetime, limit: int) -> list[Turn]:
-    """Scored turns with derived signals and event time in ``(since, until]``, oldest first."""
-    return list(session.scalars(
-        select(Turn).where(Turn.ts > since, Turn.ts <= until, Turn.score.is_not(None),
-                           Turn.sig_length_tokens.is_not(None)).order_by(Turn.ts, Turn.id).limit(limit)))
+#: What the sampler reads of every turn of a period: no text (an hour of traffic is tens of
+#: thousands of turns); the text of the few it picks is read by :func:`turns_by_id`.
+SAMPLING_COLUMNS = ("id", "ts", "domain", "model_version", "locale", "score", "divergence",
+                    *(f"sig_{name}" for name in SIGNAL_NAMES))
+
+
+def turns_between(session: Session, since: datetime, until: datetime, limit: int) -> list[Any]:
+    """The :data:`SAMPLING_COLUMNS` of scored turns with derived signals and event time in
+    ``(since, until]``, oldest first."""
+    table = Turn.__table__
+    return list(session.execute(
+        select(*(table.c[name] for name in SAMPLING_COLUMNS))
+        .where(table.c.ts > since, table.c.ts <= until, table.c.score.is_not(None),
+               table.c.sig_length_tokens.is_not(None)).order_by(table.c.ts, table.c.id).limit(limit)))
+
+
+def turns_by_id(session: Session, turn_ids: Sequence[int]) -> dict[int, Turn]:
+    found: dict[int, Turn] = {}
+    for start in range(0, len(turn_ids), 500):
+        chunk = list(turn_ids[start:start + 500])
+        found.update((turn.id, turn) for turn in session.scalars(select(Turn).where(Turn.id.in_(chunk))))
+    return found
+
+
+def response_of(session: Session, turn_id: int) -> str:
+    return session.scalar(select(Turn.response).where(Turn.id == turn_id)) or ""
 
 
 def first_turn_after(session: Session, since: datetime) -> datetime | None:

@@ -89,6 +89,7 @@ def upgrade() -> None:
     op.create_index(op.f('ix_review_items_segment'), 'review_items', ['segment'], unique=False)
     op.create_index('ix_review_items_state_priority', 'review_items', ['state', 'priority'], unique=False)
     op.create_index(op.f('ix_review_items_turn_id'), 'review_items', ['turn_id'], unique=False)
+    op.create_index(op.f('ix_review_items_turn_ts'), 'review_items', ['turn_ts'], unique=False)
     op.create_table('review_leases',
     sa.Column('id', sa.String(length=36), nullable=False),
     sa.Column('item_id', sa.BigInteger(), nullable=False),
@@ -118,6 +119,7 @@ def downgrade() -> None:
     op.drop_index('ix_review_leases_open', table_name='review_leases')
     op.drop_index(op.f('ix_review_leases_annotator'), table_name='review_leases')
     op.drop_table('review_leases')
+    op.drop_index(op.f('ix_review_items_turn_ts'), table_name='review_items')
     op.drop_index(op.f('ix_review_items_turn_id'), table_name='review_items')
     op.drop_index('ix_review_items_state_priority', table_name='review_items')
     op.drop_index(op.f('ix_review_items_segment'), table_name='review_items')
