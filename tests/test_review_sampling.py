@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from monitor.analyze.runner import Analyzer
 from monitor.analyze.segments import SegmentScheme
-from monitor.review.sampling import Candidate, Design, FiringAlert, dominant_modes, plan
+from monitor.review.sampling import Candidate, Design, FiringAlert, dominant_modes, plan, signal_values
 from monitor.store.db import make_engine, make_session_factory
 from monitor.store.models import Alert, ReviewItem, ReviewSampling, Turn
 from tests.analysis_data import REFERENCE, s1_traffic, write
@@ -22,8 +22,8 @@ from tests.analysis_data import REFERENCE, s1_traffic, write
 
 def candidates(n: int, rng: np.random.Generator) -> list[Candidate]:
     return [Candidate(i, ("cards", "loans")[i % 2], float(rng.normal()),
-                      {"length_tokens": float(rng.normal(100, 10)), "hedging": float(rng.normal(0.1, 0.02)),
-                       "refusal": 0.0}) for i in range(n)]
+                      signal_values({"length_tokens": float(rng.normal(100, 10)),
+                                     "hedging": float(rng.normal(0.1, 0.02)), "refusal": 0.0})) for i in range(n)]
 
 
 def unique_text(turn_id: int) -> str:
@@ -95,11 +95,12 @@ def test_near_duplicates_collapse_outside_the_control_arm() -> None:
 
 def test_dominant_mode_is_the_signal_furthest_above_the_median() -> None:
     base = {"length_tokens": 100.0, "markdown_density": 0.1, "hedging": 0.1, "refusal": 0.0}
-    pool = [Candidate(i, "cards", 0.0, {**base, "length_tokens": 100.0 + i % 5}) for i in range(20)]
-    pool.append(Candidate(20, "cards", 0.0, {**base, "length_tokens": 400.0}))
-    pool.append(Candidate(21, "cards", 0.0, {**base, "refusal": 1.0}))
+    pool = [Candidate(i, "cards", 0.0, signal_values({**base, "length_tokens": 100.0 + i % 5})) for i in range(20)]
+    pool.append(Candidate(20, "cards", 0.0, signal_values({**base, "length_tokens": 400.0})))
+    pool.append(Candidate(21, "cards", 0.0, signal_values({**base, "refusal": 1.0})))
+    pool.append(Candidate(22, "cards", 0.0, ()))  # no signals at all
     modes = dominant_modes(pool)
-    assert modes[20] == "verbosity" and modes[21] == "over-refusal" and modes[0] == "none"
+    assert modes[20] == "verbosity" and modes[21] == "over-refusal" and modes[0] == "none" and modes[22] == "none"
 
 
 def test_design_refuses_a_control_share_below_a_quarter() -> None:

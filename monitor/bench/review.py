@@ -107,7 +107,7 @@ def _repetition(name: str, seed: int, result: ScenarioResult) -> None:
         units: list[Unit] = []
         for start in np.arange(ONSET_S, ONSET_S + WINDOW_S, PERIOD_S):
             members = window[(turns["at"][window] >= start) & (turns["at"][window] < start + PERIOD_S)]
-            candidates = [Candidate(int(i), domain, math.nan, {}) for i in members]
+            candidates = [Candidate(int(i), domain, math.nan, ()) for i in members]  # no signals: control only
             for pick in plan(candidates, [], CONTROL_PER_PERIOD, design, rng, _no_text):
                 i = pick.turn_id
                 judges = rng.choice(POOL, size=pick.reviews_required, replace=False)

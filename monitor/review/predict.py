@@ -16,12 +16,19 @@ from monitor.store.analysis import load_states
 from monitor.store.models import Turn
 
 
-def rm_predictions(session: Session, turns: Sequence[Turn], scheme: SegmentScheme) -> dict[int, tuple[float, float]]:
+def segment_states(session: Session) -> dict[str, SegmentState]:
+    """The analyzer's segment states (read them once for many :func:`rm_predictions` calls)."""
+    return {name: SegmentState.from_json(value) for name, value in load_states(session).items()}
+
+
+def rm_predictions(session: Session, turns: Sequence[Turn], scheme: SegmentScheme, *,
+                   states: dict[str, SegmentState] | None = None) -> dict[int, tuple[float, float]]:
     """``{turn id: (calibrated prediction, reference mean satisfaction)}`` for the turns whose
-    segment and reward model have a calibration."""
+    segment and reward model have a calibration (``states``: already read, else read here)."""
     if not turns:
         return {}
-    states = {name: SegmentState.from_json(value) for name, value in load_states(session).items()}
+    if states is None:
+        states = segment_states(session)
     out: dict[int, tuple[float, float]] = {}
     for turn in turns:
         state = states.get(scheme.key(turn.domain, turn.model_version, turn.locale))

@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from monitor.analyze.segments import SegmentScheme
+from monitor.analyze.state import SegmentState
 from monitor.errors import Conflict, Forbidden, InvalidInput, NotFound
 from monitor.redaction import redact, redact_many
 from monitor.review.predict import rm_predictions
@@ -36,12 +37,12 @@ MAX_SKIP_REASON = 500
 _SQLITE_LEASES = threading.Lock()
 
 
-def item_rows(session: Session, turns: Sequence[Turn], picks: Sequence[Pick],
-              scheme: SegmentScheme) -> list[dict[str, Any]]:
+def item_rows(session: Session, turns: Sequence[Turn], picks: Sequence[Pick], scheme: SegmentScheme, *,
+              states: dict[str, SegmentState] | None = None) -> list[dict[str, Any]]:
     """``review_items`` rows of ``turns`` (same order as ``picks``), their text redacted (a name
     found anywhere in the batch's texts is replaced everywhere in them), with what the reward
     model promised for each (:mod:`monitor.review.predict`)."""
-    promised = rm_predictions(session, turns, scheme)
+    promised = rm_predictions(session, turns, scheme, states=states)
     contexts = [_context(turn) for turn in turns]
     rivals = [_rival(turn) for turn in turns]
     texts = [x for turn, context, rival in zip(turns, contexts, rivals, strict=True)

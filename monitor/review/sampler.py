@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from monitor.analyze.segments import SegmentScheme
 from monitor.config import Settings
+from monitor.review.predict import segment_states
 from monitor.review.queue import item_rows
 from monitor.review.sampling import Candidate, Design, FiringAlert, plan
 from monitor.signals import SIGNAL_NAMES
@@ -106,6 +107,7 @@ class ReviewSampler:
         added: Counter[str] = Counter()
         day = start.date().isoformat()
         queued = store.queued_between(session, start, end)
+        states = segment_states(session)
         responses: dict[int, str] = {}
 
         def text_of(turn_id: int) -> str:  # read only for the turns a near-duplicate check reaches
@@ -127,13 +129,13 @@ class ReviewSampler:
             cursor.until = end
             if not members or budget == 0:
                 continue
+            first_signal = len(store.SAMPLING_COLUMNS) - len(SIGNAL_NAMES)
             candidates = [Candidate(t.id, t.domain, t.divergence if t.divergence is not None else math.nan,
-                                    {name: getattr(t, f"sig_{name}") for name in SIGNAL_NAMES
-                                     if getattr(t, f"sig_{name}") is not None}) for t in members]
+                                    tuple(math.nan if v is None else v for v in t[first_signal:])) for t in members]
             picks = plan(candidates, firing.get(segment, []), budget, self.design, self.rng, text_of,
                          queued=store.recent_responses(session, segment, RECENT_QUEUED))
             chosen = store.turns_by_id(session, [p.turn_id for p in picks])
-            rows = item_rows(session, [chosen[p.turn_id] for p in picks], picks, self.scheme)
+            rows = item_rows(session, [chosen[p.turn_id] for p in picks], picks, self.scheme, states=states)
             ids = store.insert_items(session, rows, actor="sampler", at=self.clock())
             cursor.spent += len(ids)
             arms = {row["turn_id"]: row["arm"] for row in rows}

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from monitor.review.dedup import NEAR_DUPLICATE, jaccard, shingles
-from monitor.signals import SIGNAL_MODES
+from monitor.signals import SIGNAL_MODES, SIGNAL_NAMES
 
 #: A signal this many robust standard deviations above the period's median names the turn's mode.
 MODE_Z = 1.0
@@ -42,7 +42,15 @@ class Candidate:
     turn_id: int
     domain: str
     divergence: float  # NaN where the analyzer has not scored it
-    signals: Mapping[str, float]
+    #: The turn's signals in :data:`monitor.signals.SIGNAL_NAMES` order, NaN where missing
+    #: (:func:`signal_values` builds it from a mapping).
+    signals: tuple[float, ...]
+
+
+def signal_values(signals: Mapping[str, float | None]) -> tuple[float, ...]:
+    """``signals`` (by name) as a :class:`Candidate` keeps them."""
+    values = (signals.get(name) for name in SIGNAL_NAMES)
+    return tuple(math.nan if value is None else float(value) for value in values)
 
 
 @dataclass(frozen=True)
@@ -84,8 +92,12 @@ def dominant_modes(candidates: Sequence[Candidate]) -> list[str]:
     """Each candidate's dominant reward-hacking mode (see the module's docstring)."""
     if not candidates:
         return []
-    names = [name for name in SIGNAL_MODES if any(name in c.signals for c in candidates)]
-    values = np.array([[float(c.signals.get(name, np.nan)) for name in names] for c in candidates])
+    width = len(SIGNAL_NAMES)
+    missing = (math.nan,) * width
+    values = np.array([c.signals if len(c.signals) == width else missing for c in candidates], dtype=float)
+    present = ~np.all(np.isnan(values), axis=0)
+    names = [name for name, seen in zip(SIGNAL_NAMES, present, strict=True) if seen]
+    values = values[:, present]
     with np.errstate(all="ignore"):
         median = np.nanmedian(values, axis=0)
         spread = 1.4826 * np.nanmedian(np.abs(values - median), axis=0)
@@ -93,11 +105,12 @@ def dominant_modes(candidates: Sequence[Candidate]) -> list[str]:
         # its own scale (1), so one hit stands out.
         spread = np.where(np.isfinite(spread) & (spread > 1e-9), spread, np.maximum(np.abs(median), 1.0))
         z = np.nan_to_num((values - median) / spread, nan=-np.inf)
-    modes = []
-    for row in z:
-        best = int(np.argmax(row)) if len(row) else 0
-        modes.append(SIGNAL_MODES[names[best]] if len(row) and row[best] >= MODE_Z else NO_MODE)
-    return modes
+    if not names:
+        return [NO_MODE] * len(candidates)
+    best = np.argmax(z, axis=1)
+    top = z[np.arange(len(z)), best]
+    labels = [SIGNAL_MODES[name] for name in names]
+    return [labels[b] if t >= MODE_Z else NO_MODE for b, t in zip(best.tolist(), top.tolist(), strict=True)]
 
 
 def plan(candidates: Sequence[Candidate], alerts: Sequence[FiringAlert], budget: int, design: Design,
