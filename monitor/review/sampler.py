@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -115,6 +115,9 @@ class ReviewSampler:
                 responses[turn_id] = store.response_of(session, turn_id)
             return responses[turn_id]
 
+        def prefetch(turn_ids: Sequence[int]) -> None:
+            responses.update(store.responses_of(session, [t for t in turn_ids if t not in responses]))
+
         for segment in sorted(set(by_segment) | set(cursors)):
             cursor = cursors.get(segment)
             if cursor is None:
@@ -133,7 +136,7 @@ class ReviewSampler:
             candidates = [Candidate(t.id, t.domain, t.divergence if t.divergence is not None else math.nan,
                                     tuple(math.nan if v is None else v for v in t[first_signal:])) for t in members]
             picks = plan(candidates, firing.get(segment, []), budget, self.design, self.rng, text_of,
-                         queued=store.recent_responses(session, segment, RECENT_QUEUED))
+                         queued=store.recent_responses(session, segment, RECENT_QUEUED), prefetch=prefetch)
             chosen = store.turns_by_id(session, [p.turn_id for p in picks])
             rows = item_rows(session, [chosen[p.turn_id] for p in picks], picks, self.scheme, states=states)
             ids = store.insert_items(session, rows, actor="sampler", at=self.clock())

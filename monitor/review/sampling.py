@@ -34,6 +34,9 @@ from monitor.signals import SIGNAL_MODES, SIGNAL_NAMES
 
 #: A signal this many robust standard deviations above the period's median names the turn's mode.
 MODE_Z = 1.0
+#: Turns an arm examines for near-duplicates per pick it wants, at most; texts read per batch.
+EXAMINED_PER_PICK = 20
+PREFETCH = 64
 NO_MODE = "none"
 
 
@@ -114,10 +117,14 @@ def dominant_modes(candidates: Sequence[Candidate]) -> list[str]:
 
 
 def plan(candidates: Sequence[Candidate], alerts: Sequence[FiringAlert], budget: int, design: Design,
-         rng: np.random.Generator, text_of: Callable[[int], str], *, queued: Sequence[str] = ()) -> list[Pick]:
+         rng: np.random.Generator, text_of: Callable[[int], str], *, queued: Sequence[str] = (),
+         prefetch: Callable[[Sequence[int]], None] | None = None) -> list[Pick]:
     """The picks of one segment's sampling period: ``budget`` items at most, from ``candidates``
-    (the period's turns). ``text_of(turn_id)``: the (redacted) response, for near-duplicate checks
-    against each other and against ``queued`` (texts already in the queue)."""
+    (the period's turns). ``text_of(turn_id)``: the response, for near-duplicate checks against
+    each other and against ``queued`` (texts already in the queue); ``prefetch(turn_ids)``, if
+    given, is told which texts are about to be read, a batch at a time. An arm examines at most
+    :data:`EXAMINED_PER_PICK` turns per pick it wants: where template answers fill a stratum, it
+    takes fewer picks rather than read the whole period's text."""
     n = len(candidates)
     if budget <= 0 or n == 0:
         return []
@@ -130,19 +137,20 @@ def plan(candidates: Sequence[Candidate], alerts: Sequence[FiringAlert], budget:
         picks.append(Pick(candidates[index].turn_id, "control", control / n, modes[index]))
         taken.add(index)
     left = budget - control
-    kept_texts = list(queued)
+
+    earlier = [shingles(text) for text in queued]
 
     def keep(order: Sequence[int], limit: int) -> list[tuple[int, int]]:
         """Up to ``limit`` of ``order`` that duplicate nothing kept: (index, how many later ones it
         stood for). Lazy: texts are read only until ``limit`` are kept."""
         chosen: list[tuple[int, int]] = []
         seen: list[tuple[int, frozenset[int]]] = []
-        earlier = [shingles(text) for text in kept_texts]
-        for index in order:
+        pending = [i for i in order if i not in taken][:EXAMINED_PER_PICK * max(limit, 1)]
+        for position, index in enumerate(pending):
             if len(chosen) >= limit:
                 break
-            if index in taken:
-                continue
+            if prefetch is not None and position % PREFETCH == 0:
+                prefetch([candidates[i].turn_id for i in pending[position:position + PREFETCH]])
             mine = shingles(text_of(candidates[index].turn_id))
             match = next((k for k, (_, other) in enumerate(seen) if jaccard(mine, other) >= NEAR_DUPLICATE), None)
             if match is not None:
@@ -152,9 +160,9 @@ def plan(candidates: Sequence[Candidate], alerts: Sequence[FiringAlert], budget:
                 continue
             chosen.append((index, 0))
             seen.append((index, mine))
-        for index, _ in chosen:
+        for index, mine in seen:
             taken.add(index)
-            kept_texts.append(text_of(candidates[index].turn_id))
+            earlier.append(mine)
         return chosen
 
     for alert in sorted(alerts, key=lambda a: a.id):

@@ -173,7 +173,7 @@ def turns_between(session: Session, since: datetime, until: datetime, limit: int
     return list(session.execute(
         select(*(table.c[name] for name in SAMPLING_COLUMNS))
         .where(table.c.ts > since, table.c.ts <= until, table.c.score.is_not(None),
-               table.c.sig_length_tokens.is_not(None)).order_by(table.c.ts, table.c.id).limit(limit)))
+               table.c.sig_length_tokens.is_not(None)).order_by(table.c.ts, table.c.id).limit(limit)).all())
 
 
 def turns_by_id(session: Session, turn_ids: Sequence[int]) -> dict[int, Turn]:
@@ -182,6 +182,13 @@ def turns_by_id(session: Session, turn_ids: Sequence[int]) -> dict[int, Turn]:
         chunk = list(turn_ids[start:start + 500])
         found.update((turn.id, turn) for turn in session.scalars(select(Turn).where(Turn.id.in_(chunk))))
     return found
+
+
+def responses_of(session: Session, turn_ids: Sequence[int]) -> dict[int, str]:
+    if not turn_ids:
+        return {}
+    return {turn_id: response or "" for turn_id, response in
+            session.execute(select(Turn.id, Turn.response).where(Turn.id.in_(list(turn_ids))))}
 
 
 def response_of(session: Session, turn_id: int) -> str:
