@@ -1,0 +1,1 @@
+"""Relabeling cycles: preference labels on the slice where the reward model fails (docs/relabel.md)."""
