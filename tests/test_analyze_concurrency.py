@@ -54,6 +54,10 @@ def test_ingest_at_full_speed_while_the_analyzer_runs_loses_and_fails_nothing(mi
         expected_turns = before.turns + sum(m.kind == "conversation" for m in live)
         wait_for(lambda: counts(migrated_url).turns >= expected_turns, timeout=240, what="every turn stored")
         runs_during_ingest = total(samples(service.url), "monitor_analyze_runs_total", outcome="ok")
+        # serve's signal deriver works beside both (on a loaded machine its model may still be
+        # loading when ingest is done: wait for its first pass rather than race it).
+        wait_for(lambda: total(samples(service.url), "monitor_signals_derived_total") > 0, timeout=180,
+                 what="the signal deriver's first pass")
         metrics = samples(service.url)
     assert counts(migrated_url).turns == expected_turns
     assert total(metrics, "monitor_batch_failures_total") == 0
