@@ -37,6 +37,10 @@ ROUTE_ROLES: dict[tuple[str, str], frozenset[str]] = {
     ("get", "/v1/review/items"): VIEW,
     ("get", "/v1/review/stats"): frozenset(ROLES),
     ("get", "/v1/review/report"): VIEW,
+    ("post", "/v1/relabel-cycles"): ADMIN,
+    ("get", "/v1/relabel-cycles"): VIEW,
+    ("get", "/v1/relabel-cycles/{cycle_id}"): VIEW,
+    ("post", "/v1/relabel-cycles/{cycle_id}/cancel"): ADMIN,
     ("get", "/v1/review/rubric"): frozenset(ROLES),
 }
 OPEN = ("/healthz", "/readyz", "/metrics")

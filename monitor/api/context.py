@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from monitor.analyze.segments import SegmentScheme
 from monitor.config import Settings
 from monitor.health import HealthState
+from monitor.relabel.cycles import CycleService
 from monitor.review.queue import ReviewQueue
 from monitor.scoring.base import Scorer
 
@@ -24,7 +25,9 @@ class AppContext:
     registry: CollectorRegistry
     scorer: Scorer
     review: ReviewQueue = field(init=False)
+    cycles: CycleService = field(init=False)
 
     def __post_init__(self) -> None:
-        self.review = ReviewQueue(self.sessions, SegmentScheme.from_settings(self.settings),
-                                  lease_seconds=self.settings.review_lease_seconds)
+        scheme = SegmentScheme.from_settings(self.settings)
+        self.review = ReviewQueue(self.sessions, scheme, lease_seconds=self.settings.review_lease_seconds)
+        self.cycles = CycleService(self.sessions, scheme)

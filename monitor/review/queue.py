@@ -54,7 +54,8 @@ def item_rows(session: Session, turns: Sequence[Turn], picks: Sequence[Pick], sc
         context = [{"role": m["role"], "content": next(redacted_texts)} for m in raw_context]
         candidates = _pair(turn, response or "", next(redacted_texts) or "") if rival else None
         rows.append({
-            "turn_id": turn.id, "event_id": str(turn.event_id), "conversation_id": turn.conversation_id,
+            "turn_id": turn.id, "task_key": "", "cycle_id": None, "pair_turn_id": None,
+            "event_id": str(turn.event_id), "conversation_id": turn.conversation_id,
             "turn": turn.turn, "turn_ts": turn.ts, "segment": scheme.key(turn.domain, turn.model_version, turn.locale),
             "domain": turn.domain, "mode": pick.mode if pick.mode != NO_MODE else None, "arm": pick.arm,
             "inclusion_probability": pick.inclusion_probability, "priority": pick.priority,

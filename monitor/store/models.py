@@ -273,11 +273,17 @@ class ReviewItem(Base):
     annotators (no anchoring)."""
 
     __tablename__ = "review_items"
-    __table_args__ = (UniqueConstraint("conversation_id", "turn"),
+    # ``task_key`` is "" for an item about the turn itself (one per turn: re-adding adds nothing);
+    # a relabeling cycle's pair of two turns gets "cycle:<id>:pair:<n>".
+    __table_args__ = (UniqueConstraint("conversation_id", "turn", "task_key"),
                       Index("ix_review_items_state_priority", "state", "priority"))
 
     id: Mapped[int] = mapped_column(AutoId, primary_key=True)
     turn_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    task_key: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    # A relabeling cycle's pair: its cycle, and the other turn (responses to near-identical prompts).
+    cycle_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
+    pair_turn_id: Mapped[int | None] = mapped_column(BigInteger)
     event_id: Mapped[str] = mapped_column(String(64))
     conversation_id: Mapped[str] = mapped_column(String(256))
     turn: Mapped[int] = mapped_column(Integer)
@@ -378,3 +384,40 @@ class ReviewSampling(Base):
     until: Mapped[datetime] = mapped_column(UTCDateTime)
     day: Mapped[str] = mapped_column(String(10))
     spent: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class RelabelCycle(Base):
+    """A relabeling cycle (:mod:`monitor.relabel`): a slice, a size and a strategy; its pairs go
+    through the review queue as pairwise tasks."""
+
+    __tablename__ = "relabel_cycles"
+
+    id: Mapped[int] = mapped_column(AutoId, primary_key=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(128), unique=True)
+    request_digest: Mapped[str] = mapped_column(String(64))
+    request: Mapped[dict] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16), index=True)  # collecting | complete | cancelled | insufficient
+    detail: Mapped[str | None] = mapped_column(Text)
+    pairs: Mapped[int] = mapped_column(Integer, default=0)
+    alert_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
+    created_by: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class RelabelPair(Base):
+    """One pair of a cycle: two responses to the same (or a near-identical) prompt, how the pair
+    was formed, the reward model's scores of both, and the review item that collects its label."""
+
+    __tablename__ = "relabel_pairs"
+
+    id: Mapped[int] = mapped_column(AutoId, primary_key=True)
+    cycle_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    item_id: Mapped[int] = mapped_column(BigInteger, unique=True)
+    turn_a: Mapped[int] = mapped_column(BigInteger)
+    turn_b: Mapped[int | None] = mapped_column(BigInteger)  # None: B is turn_a's candidate response
+    formed_by: Mapped[str] = mapped_column(String(32))  # candidates | similar_prompts
+    similarity: Mapped[float | None] = mapped_column(Float)
+    reward_a: Mapped[float | None] = mapped_column(Float)
+    reward_b: Mapped[float | None] = mapped_column(Float)

@@ -46,8 +46,9 @@ def insert_items(session: Session, rows: Sequence[dict[str, Any]], *, actor: str
     dialect_insert = pg_insert if is_postgresql(session) else sqlite_insert
     added: list[int] = []
     for start in range(0, len(rows), 500):
-        statement = dialect_insert(table).values(list(rows[start:start + 500])) \
-            .on_conflict_do_nothing(index_elements=["conversation_id", "turn"]).returning(table.c.id, table.c.arm)
+        statement = (dialect_insert(table).values(list(rows[start:start + 500]))
+                     .on_conflict_do_nothing(index_elements=["conversation_id", "turn", "task_key"])
+                     .returning(table.c.id, table.c.arm))
         for item_id, arm in session.execute(statement).all():
             added.append(int(item_id))
             audit(session, int(item_id), actor, "enqueued", at=at, arm=arm)

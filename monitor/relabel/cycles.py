@@ -1,0 +1,279 @@
+"""Relabeling cycles: open one on a slice, form its pairs, queue them as pairwise review tasks,
+follow its progress, cancel it.
+
+A cycle's slice is the scored turns of its segments (and mode, time range, alert) of the last
+:data:`MAX_SLICE` turns in range. Its pairs (:mod:`monitor.relabel.pairs`) become review items
+(arm ``relabel``, task key ``cycle:<id>:pair:<n>``, redacted like every item) that annotators
+label through the queue with ``preference`` A / B / tie. A slice with fewer pairs than asked
+gets what it has; one with none is ``insufficient`` (its status says why) instead of waiting for
+labels that cannot come.
+
+**Idempotency**: a request with an ``Idempotency-Key`` stores the key and a digest of its body. The
+same key again returns the same cycle (the API answers 200 instead of 201); the same key with a
+different body is a 409. Two requests with one key at once: the unique key lets one insert, the
+other reads its cycle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from monitor.analyze.segments import SegmentScheme
+from monitor.errors import Conflict, InvalidInput, NotFound
+from monitor.redaction import redact_many
+from monitor.relabel.pairs import STRATEGIES, PlannedPair, SliceTurn, choose, form_pairs
+from monitor.review.sampling import Candidate, dominant_modes
+from monitor.signals import MODES, SIGNAL_NAMES
+from monitor.store import review as review_store
+from monitor.store.models import Alert, RelabelCycle, RelabelPair, ReviewAnnotation, ReviewItem, Turn, utcnow
+
+#: Turns a cycle's slice is drawn from, at most (the latest in range).
+MAX_SLICE = 5000
+#: Largest cycle.
+MAX_SIZE = 2000
+#: Default time range: the last day before the newest stored turn.
+DEFAULT_RANGE = timedelta(days=1)
+PRIORITY = 3.0  # ahead of sampled items: an operator asked for these
+
+
+class CycleRequest(BaseModel):
+    """``POST /v1/relabel-cycles``: only ``size`` and a slice (``segments`` or ``alert_id``) are needed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    segments: Annotated[list[Annotated[str, Field(min_length=1, max_length=256)]] | None,
+                        Field(min_length=1, max_length=64)] = None
+    since: AwareDatetime | None = None
+    until: AwareDatetime | None = None
+    mode: Annotated[str | None, Field(max_length=32)] = None
+    alert_id: int | None = Field(default=None, ge=1)
+    size: int = Field(ge=1, le=MAX_SIZE)
+    strategy: Literal["divergence", "uncertainty", "random"] = "divergence"
+    deadline: AwareDatetime | None = None
+
+
+def digest(request: CycleRequest) -> str:
+    canonical = json.dumps(request.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def cycle_view(session: Session, cycle: RelabelCycle) -> dict[str, Any]:
+    """Status, progress (pairs labelled) and the preferences so far."""
+    items = list(session.execute(select(ReviewItem.id, ReviewItem.state).where(ReviewItem.cycle_id == cycle.id)))
+    labels = [row[0] for row in session.execute(
+        select(ReviewAnnotation.labels).join(ReviewItem, ReviewItem.id == ReviewAnnotation.item_id)
+        .where(ReviewItem.cycle_id == cycle.id))]
+    preferences = {"A": 0, "B": 0, "tie": 0}
+    for answer in labels:
+        if answer.get("preference") in preferences:
+            preferences[answer["preference"]] += 1
+    formed = dict(session.execute(select(RelabelPair.formed_by, func.count()).where(RelabelPair.cycle_id == cycle.id)
+                                  .group_by(RelabelPair.formed_by)).all())
+    return {
+        "id": cycle.id, "status": cycle.status, "detail": cycle.detail, "request": cycle.request,
+        "alert_id": cycle.alert_id, "created_by": cycle.created_by, "created_at": cycle.created_at.isoformat(),
+        "finished_at": cycle.finished_at.isoformat() if cycle.finished_at else None,
+        "progress": {"pairs": cycle.pairs, "labelled": sum(state == review_store.COMPLETE for _, state in items),
+                     "labels": len(labels)},
+        "pairs_formed_by": formed, "preferences": preferences,
+    }
+
+
+class CycleService:
+    def __init__(self, sessions: sessionmaker[Session], scheme: SegmentScheme, *,
+                 embed: Callable[[list[str]], np.ndarray] | None = None, seed: int | None = None,
+                 clock: Callable[[], datetime] = utcnow) -> None:
+        self.sessions = sessions
+        self.scheme = scheme
+        self._embed = embed
+        self.rng = np.random.default_rng(seed)
+        self.clock = clock
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        if self._embed is None:  # MiniLM, loaded on the first cycle that needs similar prompts
+            from monitor.analyze.embeddings import PromptEmbedder
+
+            self._embed = PromptEmbedder().embed
+        return self._embed(texts)
+
+    def create(self, request: CycleRequest, actor: str, idempotency_key: str | None = None) -> tuple[dict, bool]:
+        """The cycle and whether this call created it (False: an idempotent retry)."""
+        wanted = digest(request)
+        if idempotency_key is not None:
+            with self.sessions() as session:
+                found = self._by_key(session, idempotency_key, wanted)
+                if found is not None:
+                    return found, False
+        try:
+            with self.sessions.begin() as session:
+                return self._create(session, request, actor, idempotency_key, wanted), True
+        except IntegrityError:  # the same key inserted by a concurrent request
+            if idempotency_key is None:
+                raise
+            with self.sessions() as session:
+                found = self._by_key(session, idempotency_key, wanted)
+            if found is None:
+                raise
+            return found, False
+
+    def _by_key(self, session: Session, key: str, wanted: str) -> dict | None:
+        cycle = session.scalars(select(RelabelCycle).where(RelabelCycle.idempotency_key == key)).first()
+        if cycle is None:
+            return None
+        if cycle.request_digest != wanted:
+            raise Conflict(f"Idempotency-Key {key!r} was used for another request (cycle {cycle.id}); "
+                           f"use a new key for a new cycle")
+        return cycle_view(session, cycle)
+
+    def _create(self, session: Session, request: CycleRequest, actor: str, key: str | None, wanted: str) -> dict:
+        segments, mode = self._slice_of(session, request)
+        turns = self._slice(session, request, segments, mode)
+        if not turns:
+            raise InvalidInput(f"the slice holds no scored turns (segments {segments}, mode {mode or 'any'}); "
+                               f"widen the time range or pick another segment")
+        planned = choose(form_pairs([_slice_turn(t) for t in turns], self.embed), request.strategy, request.size,
+                         self.rng)
+        now = self.clock()
+        cycle = RelabelCycle(idempotency_key=key, request_digest=wanted, request=request.model_dump(mode="json"),
+                             status="collecting" if planned else "insufficient", pairs=len(planned),
+                             alert_id=request.alert_id, created_by=actor, created_at=now, updated_at=now)
+        if not planned:
+            cycle.detail, cycle.finished_at = (f"the slice's {len(turns)} turns form no pair: no event carried "
+                                               f"alternative responses and no two prompts are near-identical"), now
+        elif len(planned) < request.size:
+            cycle.detail = f"the slice forms {len(planned)} pairs, fewer than the {request.size} asked for"
+        session.add(cycle)
+        session.flush()
+        self._queue(session, cycle, planned, {t.id: t for t in turns}, now)
+        return cycle_view(session, cycle)
+
+    def _slice_of(self, session: Session, request: CycleRequest) -> tuple[list[str], str | None]:
+        known = self.scheme.all_keys()
+        segments = list(request.segments or [])
+        mode = request.mode
+        if request.alert_id is not None:
+            alert = session.get(Alert, request.alert_id)
+            if alert is None:
+                raise NotFound(f"alert {request.alert_id} not found")
+            segments = segments or [alert.segment]
+            mode = mode or (alert.mode if alert.mode in MODES else None)
+        if not segments:
+            raise InvalidInput("give segments or an alert_id: the cycle needs a slice")
+        unknown = [s for s in segments if s not in known]
+        if unknown:
+            shown = [s.split("/")[0] for s in unknown]
+            resolved = [k for s in shown for k in known if k.split("/")[0] == s]
+            if len(resolved) == len(unknown) and all("/" not in s for s in unknown):
+                segments = [s for s in segments if s in known] + resolved  # a bare domain names its segments
+            else:
+                raise InvalidInput(f"unknown segment(s) {unknown}; known: {', '.join(known)}")
+        if mode is not None and mode not in MODES:
+            raise InvalidInput(f"unknown mode {mode!r}; known: {', '.join(MODES)}")
+        if request.since and request.until and request.since >= request.until:
+            raise InvalidInput("since must be before until")
+        return segments, mode
+
+    def _slice(self, session: Session, request: CycleRequest, segments: Sequence[str], mode: str | None) -> list[Turn]:
+        until = request.until or session.scalar(select(func.max(Turn.ts)))
+        if until is None:
+            return []
+        since = request.since or until - DEFAULT_RANGE
+        query = (select(Turn).where(Turn.ts >= since, Turn.ts <= until, Turn.score.is_not(None))
+                 .order_by(Turn.ts.desc()).limit(MAX_SLICE * 4))
+        turns = [t for t in session.scalars(query) if self.scheme.key(t.domain, t.model_version, t.locale) in segments]
+        if mode is not None:
+            modes = dominant_modes([Candidate(t.id, t.domain, math.nan, tuple(
+                math.nan if getattr(t, f"sig_{n}") is None else float(getattr(t, f"sig_{n}")) for n in SIGNAL_NAMES))
+                for t in turns])
+            turns = [t for t, m in zip(turns, modes, strict=True) if m == mode]
+        return turns[:MAX_SLICE]
+
+    def _queue(self, session: Session, cycle: RelabelCycle, planned: Sequence[PlannedPair], turns: dict[int, Turn],
+               now: datetime) -> None:
+        texts: list[str] = []
+        for pair in planned:
+            a = turns[pair.turn_a]
+            rival = (a.candidates or [{}])[0]
+            b_text = turns[pair.turn_b].response if pair.turn_b is not None else str(rival.get("content", ""))
+            texts += [a.prompt, a.response, b_text]
+        redacted = iter(redact_many(texts))
+        for number, pair in enumerate(planned):
+            a = turns[pair.turn_a]
+            prompt, served, other = next(redacted) or "", next(redacted) or "", next(redacted) or ""
+            sides = [{"response": served, "source": f"turn:{a.id}"},
+                     {"response": other, "source": f"turn:{pair.turn_b}" if pair.turn_b else "candidate:0"}]
+            if uuid.UUID(str(a.event_id)).int % 2:
+                sides.reverse()
+            row = {
+                "turn_id": a.id, "task_key": f"cycle:{cycle.id}:pair:{number}", "cycle_id": cycle.id,
+                "pair_turn_id": pair.turn_b, "event_id": str(a.event_id), "conversation_id": a.conversation_id,
+                "turn": a.turn, "turn_ts": a.ts, "segment": self.scheme.key(a.domain, a.model_version, a.locale),
+                "domain": a.domain, "mode": cycle.request.get("mode"), "arm": "relabel", "inclusion_probability": 1.0,
+                "priority": PRIORITY - number / max(len(planned), 1), "alert_id": cycle.alert_id,
+                "divergence": a.divergence, "reward": a.score, "rm_prediction": None, "reference_satisfaction": None,
+                "context": [], "prompt": prompt, "response": served,
+                "candidates": [{"label": label, **side} for label, side in zip(("A", "B"), sides, strict=True)],
+                "duplicates": 0, "reviews_required": 1, "reviews_done": 0, "active_leases": 0, "gold": None,
+                "state": review_store.OPEN, "created_at": now,
+            }
+            item_id, = review_store.insert_items(session, [row], actor=cycle.created_by, at=now)
+            session.add(RelabelPair(cycle_id=cycle.id, item_id=item_id, turn_a=a.id, turn_b=pair.turn_b,
+                                    formed_by=pair.formed_by, similarity=pair.similarity,
+                                    reward_a=pair.reward_a, reward_b=pair.reward_b))
+
+    def list(self, limit: int = 100) -> list[dict]:
+        with self.sessions.begin() as session:
+            cycles = list(session.scalars(select(RelabelCycle).order_by(RelabelCycle.id.desc()).limit(limit)))
+            return [self._refresh(session, cycle) for cycle in cycles]
+
+    def get(self, cycle_id: int) -> dict:
+        with self.sessions.begin() as session:
+            cycle = session.get(RelabelCycle, cycle_id)
+            if cycle is None:
+                raise NotFound(f"relabel cycle {cycle_id} not found")
+            return self._refresh(session, cycle)
+
+    def _refresh(self, session: Session, cycle: RelabelCycle) -> dict:
+        """The cycle's view; a collecting cycle whose every pair is labelled completes here."""
+        view = cycle_view(session, cycle)
+        if cycle.status == "collecting" and cycle.pairs and view["progress"]["labelled"] >= cycle.pairs:
+            cycle.status, cycle.finished_at, cycle.updated_at = "complete", self.clock(), self.clock()
+            view = cycle_view(session, cycle)
+        return view
+
+    def cancel(self, cycle_id: int, actor: str) -> dict:
+        with self.sessions.begin() as session:
+            cycle = session.get(RelabelCycle, cycle_id)
+            if cycle is None:
+                raise NotFound(f"relabel cycle {cycle_id} not found")
+            self._refresh(session, cycle)
+            if cycle.status != "collecting":
+                raise Conflict(f"relabel cycle {cycle_id} is {cycle.status}; only a collecting cycle can be cancelled")
+            now = self.clock()
+            cycle.status, cycle.finished_at, cycle.updated_at = "cancelled", now, now
+            cycle.detail = f"cancelled by {actor}"
+            session.execute(update(ReviewItem.__table__).where(ReviewItem.__table__.c.cycle_id == cycle.id,
+                                                               ReviewItem.__table__.c.state == review_store.OPEN)
+                            .values(state="cancelled"))
+            return cycle_view(session, cycle)
+
+
+def _slice_turn(turn: Turn) -> SliceTurn:
+    candidates = turn.candidates or []
+    return SliceTurn(turn.id, turn.prompt, turn.response, turn.score, turn.divergence,
+                     candidates[0] if candidates else None)
+
+
+__all__ = ["MAX_SIZE", "STRATEGIES", "CycleRequest", "CycleService"]
