@@ -101,6 +101,25 @@ def test_candidate_responses_make_pairs(relabel, migrated_url: str) -> None:
     # uncertainty: the pairs the RM scores most nearly equal first (0.5 vs 0.1 before 0.7 vs 0.1).
     assert [round(p.reward_a - p.reward_b, 2) for p in pairs] == [0.4, 0.5, 0.6]
 
+    # Humans prefer the candidate the RM scored lower (twice) and call the third a tie: the audit
+    # shows the RM against them on every decisive pair.
+    annotator = api_key(migrated_url, "annotator")
+    with sessions() as session:
+        sides = {i.id: {c["label"]: c["source"] for c in i.candidates} for i in session.scalars(select(ReviewItem))}
+    for n in range(3):
+        item = httpx.post(f"{url}/v1/review/next", headers=annotator, timeout=60).json()
+        candidate = next(label for label, source in sides[item["item_id"]].items() if source == "candidate:0")
+        answer = "tie" if n == 2 else candidate
+        assert httpx.post(f"{url}/v1/review/items/{item['item_id']}/annotations", headers=annotator, timeout=60,
+                          json={"lease_id": item["lease_id"], "labels": {"preference": answer}}).status_code == 201
+    cycle = httpx.get(f"{url}/v1/relabel-cycles/{response.json()['id']}", headers=api_key(migrated_url, "viewer"),
+                      timeout=60).json()
+    assert cycle["status"] == "complete" and cycle["progress"]["labelled"] == 3
+    audit = cycle["rm_audit"]
+    assert audit["overall"] == {"pairs": 2, "agree": 0, "ties": 1, "accuracy": 0.0, "ci95": audit["overall"]["ci95"]}
+    assert audit["overall"]["ci95"][0] == 0.0 and 0.5 < audit["overall"]["ci95"][1] < 0.9  # Wilson, n = 2
+    assert audit["segments"]["payments/*/*"]["pairs"] == 2
+
 
 @pytest.mark.parametrize(("body", "status", "why"), [
     ({"segments": ["mortgages"], "size": 5}, 422, "unknown segment"),

@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from monitor.analyze.segments import SegmentScheme
 from monitor.errors import Conflict, InvalidInput, NotFound
 from monitor.redaction import redact_many
+from monitor.relabel.audit import AuditPair, rm_accuracy
 from monitor.relabel.pairs import STRATEGIES, PlannedPair, SliceTurn, choose, form_pairs
 from monitor.review.sampling import Candidate, dominant_modes
 from monitor.signals import MODES, SIGNAL_NAMES
@@ -72,9 +73,14 @@ def digest(request: CycleRequest) -> str:
 def cycle_view(session: Session, cycle: RelabelCycle) -> dict[str, Any]:
     """Status, progress (pairs labelled) and the preferences so far."""
     items = list(session.execute(select(ReviewItem.id, ReviewItem.state).where(ReviewItem.cycle_id == cycle.id)))
-    labels = [row[0] for row in session.execute(
-        select(ReviewAnnotation.labels).join(ReviewItem, ReviewItem.id == ReviewAnnotation.item_id)
-        .where(ReviewItem.cycle_id == cycle.id))]
+    labelled = list(session.execute(
+        select(ReviewAnnotation.labels, ReviewItem.segment, ReviewItem.mode, ReviewItem.candidates,
+               RelabelPair.reward_a, RelabelPair.reward_b, RelabelPair.turn_a)
+        .join(ReviewItem, ReviewItem.id == ReviewAnnotation.item_id)
+        .join(RelabelPair, RelabelPair.item_id == ReviewItem.id)
+        .where(ReviewItem.cycle_id == cycle.id)))
+    labels = [row[0] for row in labelled]
+    audit = rm_accuracy([_audit_pair(*row) for row in labelled if row[0].get("preference")])
     preferences = {"A": 0, "B": 0, "tie": 0}
     for answer in labels:
         if answer.get("preference") in preferences:
@@ -87,8 +93,17 @@ def cycle_view(session: Session, cycle: RelabelCycle) -> dict[str, Any]:
         "finished_at": cycle.finished_at.isoformat() if cycle.finished_at else None,
         "progress": {"pairs": cycle.pairs, "labelled": sum(state == review_store.COMPLETE for _, state in items),
                      "labels": len(labels)},
-        "pairs_formed_by": formed, "preferences": preferences,
+        "pairs_formed_by": formed, "preferences": preferences, "rm_audit": audit,
     }
+
+
+def _audit_pair(labels: dict, segment: str, mode: str | None, candidates: list[dict], reward_a: float | None,
+                reward_b: float | None, turn_a: int) -> AuditPair:
+    """The pair as shown (A, B) with the RM's score of each side: the pair stores them as turn_a's
+    and the other's, the item in a drawn order (``source`` says which side is turn_a)."""
+    a_first = (candidates or [{}])[0].get("source") == f"turn:{turn_a}"
+    shown_a, shown_b = (reward_a, reward_b) if a_first else (reward_b, reward_a)
+    return AuditPair(segment, mode, shown_a, shown_b, str(labels.get("preference")))
 
 
 class CycleService:
