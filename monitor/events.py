@@ -93,9 +93,14 @@ class CandidateResponse(_Strict):
     @field_validator("reward")
     @classmethod
     def _finite(cls, reward: float | None) -> float | None:
-        if reward is not None and not math.isfinite(reward):
-            raise ValueError("reward must be a finite number")
-        return reward
+        return _finite_reward(reward)
+
+
+def _finite_reward(reward: float | None) -> float | None:
+    """The check both a turn's and a candidate's ``reward`` pass: a finite number or absent."""
+    if reward is not None and not math.isfinite(reward):
+        raise ValueError("reward must be a finite number")
+    return reward
 
 
 class _TurnEvent(_Strict):
@@ -129,9 +134,7 @@ class ConversationEvent(_TurnEvent):
     @field_validator("reward")
     @classmethod
     def _finite(cls, reward: float | None) -> float | None:
-        if reward is not None and not math.isfinite(reward):
-            raise ValueError("reward must be a finite number")
-        return reward
+        return _finite_reward(reward)
 
     @property
     def response(self) -> str:

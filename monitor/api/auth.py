@@ -15,6 +15,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from monitor.api.context import AppContext
 from monitor.api.deps import ContextDep
 from monitor.errors import Forbidden, Unauthorized
 from monitor.store.keys import active_key
@@ -30,6 +31,13 @@ class Principal:
     role: str
 
 
+def principal_of(context: AppContext, key: str) -> Principal | None:
+    """The active key ``key``'s caller; None for an unknown or revoked key."""
+    with context.sessions() as session:
+        row = active_key(session, key.strip())
+        return None if row is None else Principal(row.name, row.role)
+
+
 def require(roles: frozenset[str]) -> Callable[..., Principal]:
     """A dependency that admits keys of ``roles`` and returns the caller."""
     allowed = ", ".join(sorted(roles))
@@ -39,9 +47,7 @@ def require(roles: frozenset[str]) -> Callable[..., Principal]:
         if credentials is None:
             raise Unauthorized("an API key is required: send 'Authorization: Bearer <key>' "
                                "(create one with `monitor keys create --role ROLE`)")
-        with context.sessions() as session:
-            row = active_key(session, credentials.credentials.strip())
-            principal = None if row is None else Principal(row.name, row.role)
+        principal = principal_of(context, credentials.credentials)
         if principal is None:
             raise Unauthorized("unknown or revoked API key")
         if principal.role not in roles:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from monitor.analyze.calibration import fit_reward_map, reward_map
+from monitor.events import parse_rating
 from monitor.review.estimate import MARGIN, Unit, summarise
 from monitor.review.sampling import Candidate, Design, plan
 from monitor.sim.annotators import AnnotatorPool
@@ -76,9 +77,7 @@ def _world(name: str, seed: int) -> dict[str, dict[str, np.ndarray]]:
             turns[key] = {"at": message.at, "domain": event["segment"]["domain"], "reward": event["reward"],
                           "quality": message.truth.quality, "satisfaction": math.nan}
         elif key in turns:
-            rating = event["rating"]
-            value = rating["value"]
-            turns[key]["satisfaction"] = {"thumbs": float(value), "stars": (value - 1) / 4}.get(rating["kind"], value)
+            turns[key]["satisfaction"] = parse_rating(message.value).satisfaction
     by_domain: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     for turn in turns.values():
         if turn["reward"] is None:

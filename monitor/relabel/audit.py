@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-Z95 = 1.959963984540054
+from monitor.analyze.uncertainty import Z95
 
 
 @dataclass(frozen=True)

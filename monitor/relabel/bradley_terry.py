@@ -30,6 +30,8 @@ import choix
 import numpy as np
 from scipy import optimize, stats
 
+from monitor.analyze.uncertainty import Z95
+
 #: Prior precision of the strengths (a standard deviation of about 3 in log-odds).
 ALPHA = 0.1
 OUTCOMES = ("a", "b", "tie")
@@ -59,7 +61,7 @@ class Strengths:
     components: int  # connected components of the comparison graph (1: every strength comparable)
 
     def interval(self, item: int) -> tuple[float, float]:
-        half = 1.959963984540054 * float(self.se[item])
+        half = Z95 * float(self.se[item])
         return float(self.values[item]) - half, float(self.values[item]) + half
 
 

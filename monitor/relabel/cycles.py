@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
@@ -35,7 +34,8 @@ from monitor.errors import Conflict, InvalidInput, NotFound
 from monitor.redaction import redact_many
 from monitor.relabel.audit import AuditPair, rm_accuracy
 from monitor.relabel.pairs import STRATEGIES, PlannedPair, SliceTurn, choose, form_pairs
-from monitor.review.sampling import Candidate, dominant_modes
+from monitor.review.queue import ab_sides
+from monitor.review.sampling import Candidate, dominant_modes, signal_values
 from monitor.signals import MODES, SIGNAL_NAMES
 from monitor.store import review as review_store
 from monitor.store.models import Alert, RelabelCycle, RelabelPair, ReviewAnnotation, ReviewItem, Turn, utcnow
@@ -209,9 +209,9 @@ class CycleService:
                  .order_by(Turn.ts.desc()).limit(MAX_SLICE * 4))
         turns = [t for t in session.scalars(query) if self.scheme.key(t.domain, t.model_version, t.locale) in segments]
         if mode is not None:
-            modes = dominant_modes([Candidate(t.id, t.domain, math.nan, tuple(
-                math.nan if getattr(t, f"sig_{n}") is None else float(getattr(t, f"sig_{n}")) for n in SIGNAL_NAMES))
-                for t in turns])
+            modes = dominant_modes([Candidate(t.id, t.domain, math.nan,
+                                              signal_values({n: getattr(t, f"sig_{n}") for n in SIGNAL_NAMES}))
+                                    for t in turns])
             turns = [t for t, m in zip(turns, modes, strict=True) if m == mode]
         return turns[:MAX_SLICE]
 
@@ -227,10 +227,8 @@ class CycleService:
         for number, pair in enumerate(planned):
             a = turns[pair.turn_a]
             prompt, served, other = next(redacted) or "", next(redacted) or "", next(redacted) or ""
-            sides = [{"response": served, "source": f"turn:{a.id}"},
-                     {"response": other, "source": f"turn:{pair.turn_b}" if pair.turn_b else "candidate:0"}]
-            if uuid.UUID(str(a.event_id)).int % 2:
-                sides.reverse()
+            sides = ab_sides(a.event_id, {"response": served, "source": f"turn:{a.id}"},
+                             {"response": other, "source": f"turn:{pair.turn_b}" if pair.turn_b else "candidate:0"})
             row = {
                 "turn_id": a.id, "task_key": f"cycle:{cycle.id}:pair:{number}", "cycle_id": cycle.id,
                 "pair_turn_id": pair.turn_b, "event_id": str(a.event_id), "conversation_id": a.conversation_id,
@@ -239,7 +237,7 @@ class CycleService:
                 "priority": PRIORITY - number / max(len(planned), 1), "alert_id": cycle.alert_id,
                 "divergence": a.divergence, "reward": a.score, "rm_prediction": None, "reference_satisfaction": None,
                 "context": [], "prompt": prompt, "response": served,
-                "candidates": [{"label": label, **side} for label, side in zip(("A", "B"), sides, strict=True)],
+                "candidates": sides,
                 "duplicates": 0, "reviews_required": 1, "reviews_done": 0, "active_leases": 0, "gold": None,
                 "state": review_store.OPEN, "created_at": now,
             }

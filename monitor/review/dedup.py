@@ -14,7 +14,6 @@ True
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 
 #: Jaccard similarity of shingle sets at or above which two responses are near-duplicates.
 NEAR_DUPLICATE = 0.6
@@ -32,24 +31,3 @@ def jaccard(a: frozenset[int], b: frozenset[int]) -> float:
     if not a and not b:
         return 1.0
     return len(a & b) / len(a | b)
-
-
-def collapse(texts: Sequence[str], *, against: Sequence[str] = (), threshold: float = NEAR_DUPLICATE) -> list[int]:
-    """Greedy, in the given order: for each text, the index of the kept text it duplicates (itself
-    when it is kept); -1 when it duplicates one of ``against`` (texts kept earlier, say already
-    queued)."""
-    earlier = [shingles(text) for text in against]
-    kept: list[tuple[int, frozenset[int]]] = []
-    owner: list[int] = []
-    for index, text in enumerate(texts):
-        mine = shingles(text)
-        if any(jaccard(mine, other) >= threshold for other in earlier):
-            owner.append(-1)
-            continue
-        match = next((i for i, other in kept if jaccard(mine, other) >= threshold), None)
-        if match is None:
-            kept.append((index, mine))
-            owner.append(index)
-        else:
-            owner.append(match)
-    return owner

@@ -52,7 +52,8 @@ def item_rows(session: Session, turns: Sequence[Turn], picks: Sequence[Pick], sc
     for turn, pick, raw_context, rival in zip(turns, picks, contexts, rivals, strict=True):
         prompt, response = next(redacted_texts), next(redacted_texts)
         context = [{"role": m["role"], "content": next(redacted_texts)} for m in raw_context]
-        candidates = _pair(turn, response or "", next(redacted_texts) or "") if rival else None
+        candidates = ab_sides(turn.event_id, {"response": response or "", "source": "served"},
+                              {"response": next(redacted_texts) or "", "source": "candidate:0"}) if rival else None
         rows.append({
             "turn_id": turn.id, "task_key": "", "cycle_id": None, "pair_turn_id": None,
             "event_id": str(turn.event_id), "conversation_id": turn.conversation_id,
@@ -75,11 +76,12 @@ def _rival(turn: Turn) -> list[str]:
     return [str(candidates[0].get("content", ""))] if candidates else []
 
 
-def _pair(turn: Turn, served: str, rival: str) -> list[dict[str, str]]:
-    """The two responses as A and B, in an order drawn per turn (stable: from its event id), so
-    that neither position means "served"; ``source`` stays with the item, never shown."""
-    pair = [{"response": served, "source": "served"}, {"response": rival, "source": "candidate:0"}]
-    if uuid.UUID(str(turn.event_id)).int % 2:
+def ab_sides(event_id: object, first: dict[str, str], second: dict[str, str]) -> list[dict[str, str]]:
+    """Two responses (``{"response", "source"}``) as A and B, in an order drawn per turn (stable:
+    from its event id), so that neither letter means "served"; ``source`` stays with the item,
+    never shown. Pairwise items of a turn's candidates and of relabeling cycles both use it."""
+    pair = [first, second]
+    if uuid.UUID(str(event_id)).int % 2:
         pair.reverse()
     return [{"label": label, **entry} for label, entry in zip(("A", "B"), pair, strict=True)]
 

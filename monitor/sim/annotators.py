@@ -48,6 +48,10 @@ class Annotator:
     def overall(self, quality: float, rng: np.random.Generator) -> int:
         if rng.random() < self.careless:
             return int(rng.integers(1, 6))
+        return self._careful_overall(quality, rng)
+
+    def _careful_overall(self, quality: float, rng: np.random.Generator) -> int:
+        """The 1-5 judgement of an attentive moment: quality seen through bias and noise."""
         s = min(1.0, max(0.0, quality + self.bias + rng.normal(0.0, self.noise)))
         return int(min(5, max(1, round(1 + 4 * s))))
 
@@ -62,8 +66,7 @@ class Annotator:
         """A full rubric annotation of a turn with this ground truth (at random when careless)."""
         if rng.random() < self.careless:
             return {name: values[int(rng.integers(len(values)))] for name, values in _CHOICES.items()}
-        s = min(1.0, max(0.0, truth.quality + self.bias + rng.normal(0.0, self.noise)))
-        overall = int(min(5, max(1, round(1 + 4 * s))))
+        overall = self._careful_overall(truth.quality, rng)
         modes = set(truth.modes)
 
         def near(value: int) -> int:  # within a point of it

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, exists, func, select, update
+from sqlalchemy import exists, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -53,14 +53,6 @@ def insert_items(session: Session, rows: Sequence[dict[str, Any]], *, actor: str
             added.append(int(item_id))
             audit(session, int(item_id), actor, "enqueued", at=at, arm=arm)
     return added
-
-
-def queued_turn_ids(session: Session, turn_ids: Sequence[int]) -> set[int]:
-    found: set[int] = set()
-    for start in range(0, len(turn_ids), 500):
-        chunk = list(turn_ids[start:start + 500])
-        found.update(session.scalars(select(ReviewItem.turn_id).where(ReviewItem.turn_id.in_(chunk))))
-    return found
 
 
 def queued_between(session: Session, since: datetime, until: datetime) -> set[int]:
@@ -204,13 +196,11 @@ def first_turn_after(session: Session, since: datetime) -> datetime | None:
 def stats(session: Session, now: datetime) -> dict[str, Any]:
     """Queue depth (open items still needing a review), the age of the oldest, per arm and segment,
     with the leases out and the annotations and skips so far."""
-    open_items = and_(ReviewItem.state == OPEN)
     rows = session.execute(
         select(ReviewItem.arm, ReviewItem.segment, ReviewItem.state, func.count(), func.min(ReviewItem.created_at),
                func.sum(ReviewItem.active_leases), func.sum(ReviewItem.reviews_done))
         .group_by(ReviewItem.arm, ReviewItem.segment, ReviewItem.state)).all()
     skips = session.scalar(select(func.count()).select_from(ReviewLease).where(ReviewLease.outcome == "skipped")) or 0
-    oldest = session.scalar(select(func.min(ReviewItem.created_at)).where(open_items))
     groups: dict[tuple[str, str], dict[str, Any]] = {}
     for arm, segment, state, count, first, leased, done in rows:
         group = groups.setdefault((arm, segment), {"arm": arm, "segment": segment, "open": 0, "complete": 0,
@@ -226,6 +216,7 @@ def stats(session: Session, now: datetime) -> dict[str, Any]:
         "leased": sum(g["leased"] for g in groups.values()),
         "annotations": sum(g["annotations"] for g in groups.values()),
         "skips": int(skips),
-        "oldest_open_age_seconds": None if oldest is None else max(0.0, (now - oldest).total_seconds()),
+        "oldest_open_age_seconds": max((g["oldest_open_age_seconds"] for g in groups.values()
+                                        if g["oldest_open_age_seconds"] is not None), default=None),
         "groups": sorted(groups.values(), key=lambda g: (g["segment"], g["arm"])),
     }

@@ -17,11 +17,10 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from monitor.api.auth import Principal
+from monitor.api.auth import Principal, principal_of
 from monitor.api.deps import ContextDep
 from monitor.auth import ANNOTATE
 from monitor.errors import InvalidInput, MonitorError
-from monitor.store.keys import active_key
 
 router = APIRouter(prefix="/review", include_in_schema=False)
 COOKIE = "monitor_review_key"
@@ -35,11 +34,7 @@ def _render(name: str, status: int = 200, **values: Any) -> HTMLResponse:
 def _caller(request: Request, context: ContextDep, key: str | None = None) -> Principal | None:
     """The annotator (or admin) whose key the cookie (or ``key``) holds; None otherwise."""
     key = key if key is not None else request.cookies.get(COOKIE)
-    if not key:
-        return None
-    with context.sessions() as session:
-        row = active_key(session, key.strip())
-        principal = None if row is None else Principal(row.name, row.role)
+    principal = principal_of(context, key) if key else None
     return principal if principal is not None and principal.role in ANNOTATE else None
 
 
