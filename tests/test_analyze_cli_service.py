@@ -7,9 +7,10 @@ import math
 import httpx
 from sqlalchemy import func, select
 
+from monitor.store.analysis import earliest_unready_entry, watermarks
 from monitor.store.db import make_engine, make_session_factory
 from monitor.store.migrate import upgrade
-from monitor.store.models import AnalysisRun, AnalyzerProgress, Turn
+from monitor.store.models import AnalysisRun, AnalyzerProgress, ConsumerOffset, Turn, utcnow
 from monitor.store.reads import store_counts
 from tests.analysis_data import REFERENCE, s1_traffic, write
 from tests.helpers import ServiceThread, produce, wait_for
@@ -78,13 +79,21 @@ def pipeline_state(database_url: str, http: httpx.Client) -> str:
             pending = session.scalar(select(func.count()).select_from(Turn).where(Turn.sig_length_tokens.is_(None)))
             progress = session.scalar(select(AnalyzerProgress.checkpoint))
             runs = session.scalar(select(func.count()).select_from(AnalysisRun))
+            last = session.execute(select(AnalysisRun.finished_at, AnalysisRun.watermark)
+                                   .order_by(AnalysisRun.id.desc()).limit(1)).first()
+            unready = earliest_unready_entry(session)
+            latest = watermarks(session)
+            partitions = [(row.topic.split("-")[0], row.partition, str(row.event_time), str(row.updated_at))
+                          for row in session.scalars(select(ConsumerOffset))]
     finally:
         engine.dispose()
     metrics = [line for line in http.get("/metrics").text.splitlines()
                if line.startswith(("monitor_analyze_runs_total", "monitor_signals_derived_total",
                                    "monitor_messages_consumed_total"))]
-    return (f"{counts}; signals pending for {pending} turns; checkpoint {progress}; {runs} analysis runs; "
-            f"{metrics}")
+    return (f"{counts}; signals pending for {pending} turns; checkpoint {progress}; {runs} analysis runs, "
+            f"the last finished at {last[0] if last else None} (watermark {last[1] if last else None}), now "
+            f"{utcnow()}; earliest unready entry {unready}; watermarks {latest}; partitions "
+            f"(topic, partition, event time, updated) {partitions}; {metrics}")
 
 
 def test_serve_runs_the_analyzer_on_its_schedule(topic_settings, tmp_path) -> None:
@@ -93,13 +102,29 @@ def test_serve_runs_the_analyzer_on_its_schedule(topic_settings, tmp_path) -> No
                               analyze_drift_rows=100)
     with ServiceThread(settings) as service, httpx.Client(base_url=service.url, timeout=10,
                                                           headers=service.headers()) as http:
+        traffic = s1_traffic()
+        turns = sum(m.kind == "conversation" for m in traffic)
+        ratings = len(traffic) - turns
         produce(settings, [(settings.conversations_topic if m.kind == "conversation" else settings.ratings_topic,
-                            m.key.encode(), m.value) for m in s1_traffic()])
+                            m.key.encode(), m.value) for m in traffic])
 
         def firing() -> list[dict]:
             return http.get("/v1/alerts", params={"state": "firing"}).json()["alerts"]
 
+        def ingested_and_derived() -> bool:
+            engine = make_engine(settings.database_url)
+            try:
+                with make_session_factory(engine)() as session:
+                    counts = store_counts(session)
+                    pending = session.scalar(select(func.count()).select_from(Turn)
+                                             .where(Turn.sig_length_tokens.is_(None)))
+            finally:
+                engine.dispose()
+            return counts.turns == turns and counts.ratings_joined == ratings and pending == 0
+
         try:
+            # Two stages, so a failure says which one was slow: ingest and the deriver, then the schedule.
+            wait_for(ingested_and_derived, timeout=300, interval=1.0, what="every turn ingested and derived")
             alerts = wait_for(firing, timeout=120, interval=1.0, what="a firing alert")
         except AssertionError as exc:  # say where the pipeline stood
             raise AssertionError(f"{exc}: {pipeline_state(settings.database_url, http)}") from exc
