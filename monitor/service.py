@@ -31,7 +31,7 @@ from monitor.scoring.base import Scorer
 from monitor.scoring.factory import build_scorer
 from monitor.store.db import make_engine, make_session_factory
 from monitor.store.migrate import is_at_head, upgrade
-from monitor.store.writes import load_offsets
+from monitor.store.writes import load_offsets, register_partitions
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +40,10 @@ def offsets_from_store(
     sessions: sessionmaker[Session], group_id: str
 ) -> Callable[[list[Position]], Mapping[Position, int]]:
     def load(positions: list[Position]) -> Mapping[Position, int]:
-        with sessions() as session:
+        """The stored offsets of newly assigned partitions; those without any are registered."""
+        with sessions.begin() as session:
             stored = load_offsets(session, group_id, {topic for topic, _ in positions})
+            register_partitions(session, group_id, positions)
         return {position: stored[position] for position in positions if position in stored}
 
     return load

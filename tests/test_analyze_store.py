@@ -29,11 +29,11 @@ from monitor.ingest.records import KafkaRecord
 from monitor.metrics import Metrics
 from monitor.scoring.base import ProducerRewardScorer
 from monitor.sim.traffic import TrafficSimulator
-from monitor.store.analysis import earliest_unready_entry, partition_watermark, prune_runs
+from monitor.store.analysis import earliest_unready_entry, partition_watermark, prune_runs, unheard_partitions
 from monitor.store.db import make_engine, make_session_factory
 from monitor.store.migrate import upgrade
 from monitor.store.models import Alert, AnalysisRun, ConsumerOffset, SegmentState, Turn, utcnow
-from monitor.store.writes import save_offsets
+from monitor.store.writes import load_offsets, register_partitions, save_offsets
 from tests.analysis_data import REFERENCE, assert_same_states, s1_traffic, write, write_records
 from tests.helpers import api_key, read_topic, wait_for
 
@@ -382,6 +382,42 @@ def test_a_partition_that_lags_holds_the_checkpoint_back_and_none_of_its_ratings
     analyzer.recompute()
     whole = analyzer.run_once(publish=False)
     assert caught_up == (whole.entered, [(a.key, a.state, a.started_at) for a in alerts(sessions)])
+
+
+def test_a_partition_assigned_but_not_heard_from_holds_the_checkpoint(
+        traffic, sessions, migrated_url, topic_settings) -> None:
+    """At start-up the first batches may come from some partitions only: the checkpoint must not
+    pass the ratings still waiting in the others (CI once lost a whole scenario's alert to this)."""
+    settings = analyzer_settings(topic_settings, migrated_url, consumer_group="monitor",
+                                 conversations_topic="conversations", ratings_topic="ratings")
+    assigned = [(topic, partition) for topic in ("conversations", "ratings") for partition in (0, 1)]
+    with sessions.begin() as session:  # what the ingest's rebalance listener does on assignment
+        register_partitions(session, "monitor", assigned)
+        assert load_offsets(session, "monitor", ["conversations", "ratings"]) == {}  # nothing to seek to
+    by_partition: dict[tuple[str, int], list] = {}
+    for message in traffic:
+        by_partition.setdefault((message.kind + "s", zlib.crc32(message.key.encode()) % 2), []).append(message)
+    for topic in ("conversations", "ratings"):
+        write_at(sessions, topic, 0, by_partition[(topic, 0)])
+    analyzer = Analyzer(settings, sessions)
+    held = analyzer.run_once(publish=False)
+    assert held.entered == 0 and held.checkpoint is None
+    with sessions() as session:
+        assert unheard_partitions(session, "monitor", ["conversations", "ratings"], idle_seconds=300) == [
+            ("conversations", 1), ("ratings", 1)]
+        # Once the heard partitions stored something well after it was assigned, an empty one stops holding.
+        assert unheard_partitions(session, "monitor", ["conversations"], idle_seconds=0) == []
+
+    for topic in ("conversations", "ratings"):
+        write_at(sessions, topic, 1, by_partition[(topic, 1)])
+    caught_up = analyzer.run_once(publish=False)
+    alerts_caught_up = [(a.key, a.state, a.started_at) for a in alerts(sessions)]
+    with sessions.begin() as session:
+        session.execute(delete(Alert))
+    analyzer.recompute()
+    whole = analyzer.run_once(publish=False)
+    assert caught_up.entered == whole.entered > 0
+    assert alerts_caught_up == [(a.key, a.state, a.started_at) for a in alerts(sessions)]
 
 
 def test_partition_watermark_takes_the_lowest_active_partition_and_never_moves_back(sessions) -> None:

@@ -163,6 +163,23 @@ def partition_watermark(session: Session, group_id: str, topic: str, *, idle_sec
     return min(active) if active else None
 
 
+def unheard_partitions(session: Session, group_id: str, topics: Sequence[str], *,
+                       idle_seconds: float) -> list[tuple[str, int]]:
+    """Partitions of ``topics`` assigned to ``group_id`` that have stored no event yet, while their
+    topic's busiest partition stored something within ``idle_seconds`` (wall clock) of their
+    assignment: ratings may wait in them with entry times the checkpoint would otherwise pass. A
+    partition that stays empty that long stops holding the checkpoint (a topic with more partitions
+    than traffic must not stall the analyzer)."""
+    rows = session.execute(
+        select(ConsumerOffset.topic, ConsumerOffset.partition, ConsumerOffset.event_time, ConsumerOffset.updated_at)
+        .where(ConsumerOffset.group_id == group_id, ConsumerOffset.topic.in_(list(topics)))).all()
+    busiest: dict[str, datetime] = {}
+    for topic, _, _, updated in rows:
+        busiest[topic] = max(busiest.get(topic, updated), updated)
+    return sorted((topic, partition) for topic, partition, event_time, updated in rows
+                  if event_time is None and (busiest[topic] - updated).total_seconds() <= idle_seconds)
+
+
 def entry_rows(session: Session, after: datetime | None, until: datetime) -> list[dict[str, Any]]:
     """Joined ratings whose entry time is in ``(after, until]`` (turn signals derived), one row each:
     the turn's columns with that rating's satisfaction, ``rated_ts`` and ``rating_id``."""

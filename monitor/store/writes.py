@@ -105,13 +105,28 @@ def save_offsets(session: Session, group_id: str, next_offsets: Mapping[tuple[st
     )
 
 
+#: ``next_offset`` of a partition the group was assigned but has stored nothing from yet.
+UNHEARD = -1
+
+
 def load_offsets(session: Session, group_id: str, topics: Iterable[str]) -> dict[tuple[str, int], int]:
     rows = session.execute(
         select(ConsumerOffset.topic, ConsumerOffset.partition, ConsumerOffset.next_offset).where(
-            ConsumerOffset.group_id == group_id, ConsumerOffset.topic.in_(list(topics))
+            ConsumerOffset.group_id == group_id, ConsumerOffset.topic.in_(list(topics)),
+            ConsumerOffset.next_offset >= 0,
         )
     )
     return {(topic, partition): offset for topic, partition, offset in rows}
+
+
+def register_partitions(session: Session, group_id: str, positions: Iterable[tuple[str, int]]) -> None:
+    """Record assigned partitions that have no row yet (``next_offset`` :data:`UNHEARD`, no event
+    time): until one stores its first event, the analyzer's checkpoint waits for it, so the ratings
+    it holds are not passed over (see :func:`monitor.store.analysis.unheard_partitions`)."""
+    now = utcnow()
+    insert_ignoring_duplicates(session, ConsumerOffset.__table__, [
+        {"group_id": group_id, "topic": t, "partition": p, "next_offset": UNHEARD, "event_time": None,
+         "updated_at": now} for t, p in positions])
 
 
 def join_ratings(session: Session, keys: Iterable[TurnKey]) -> None:
