@@ -1,14 +1,20 @@
-"""The `monitor` command: serve | demo | simulate | analyze | db | rm | bench | signals."""
+"""The `monitor` command: serve | demo | simulate | analyze | db | rm | bench | signals | keys | relabel."""
 
 from __future__ import annotations
 
+import json
 import threading
-from typing import Annotated
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from monitor.config import Settings, load_settings
 from monitor.errors import ConfigError, MonitorError
+
+if TYPE_CHECKING:
+    from monitor.relabel.cycles import CycleService
 
 app = typer.Typer(help="Watch an RLHF assistant and catch its reward model diverging from users.",
                   no_args_is_help=True, add_completion=False)
@@ -24,6 +30,9 @@ app.add_typer(signals_app, name="signals")
 keys_app = typer.Typer(help="API keys: viewer, annotator or admin; sent as 'Authorization: Bearer <key>'.",
                        no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+relabel_app = typer.Typer(help="Relabeling cycles: new preference labels where the reward model fails "
+                          "(docs/relabel.md).", no_args_is_help=True)
+app.add_typer(relabel_app, name="relabel")
 
 
 def _settings(**overrides: object) -> Settings:
@@ -324,6 +333,122 @@ def keys_revoke(name: Annotated[str, typer.Argument(help="The key's name (see `m
         typer.echo(f"error: no key named {name!r} (see `monitor keys list`)", err=True)
         raise typer.Exit(1)
     typer.echo(f"revoked {name!r}")
+
+
+@contextmanager
+def _cycle_service() -> Iterator[CycleService]:
+    """A CycleService on the migrated store, as the API builds it (segment scheme from the settings)."""
+    from monitor.analyze.segments import SegmentScheme
+    from monitor.relabel.cycles import CycleService
+    from monitor.service import prepare_database
+    from monitor.store.db import make_engine, make_session_factory
+
+    settings = _settings()
+    try:
+        prepare_database(settings)
+    except MonitorError as exc:
+        raise _fail(exc) from exc
+    engine = make_engine(settings.database_url)
+    try:
+        yield CycleService(make_session_factory(engine), SegmentScheme.from_settings(settings),
+                           max_size=settings.relabel_max_size)
+    finally:
+        engine.dispose()
+
+
+def _bad_input(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(2)
+
+
+@relabel_app.command("start")
+def relabel_start(
+    size: Annotated[int, typer.Option(help="Pairs to label (at most MONITOR_RELABEL_MAX_SIZE).")],
+    segment: Annotated[list[str] | None, typer.Option(help="A segment key (investments/*/*) or a bare domain; "
+                                                      "repeat for several.")] = None,
+    alert_id: Annotated[int | None, typer.Option(help="An alert: its segment and mode make the slice.")] = None,
+    mode: Annotated[str | None, typer.Option(help="Only turns whose dominant hacking mode this is.")] = None,
+    strategy: Annotated[str, typer.Option(help="divergence, uncertainty or random.")] = "divergence",
+    since: Annotated[str | None, typer.Option(help="Event time from (ISO 8601 with a zone).")] = None,
+    until: Annotated[str | None, typer.Option(help="Event time to (ISO 8601 with a zone).")] = None,
+    deadline: Annotated[str | None, typer.Option(help="Stop collecting labels then (ISO 8601 with a zone).")] = None,
+    idempotency_key: Annotated[str | None, typer.Option(help="The same key again returns the same cycle.")] = None,
+) -> None:
+    """Open a relabeling cycle on a slice; prints it as JSON."""
+    from pydantic import ValidationError
+
+    from monitor.errors import InvalidInput
+    from monitor.relabel.cycles import CycleRequest
+
+    given = {"segments": segment or None, "alert_id": alert_id, "mode": mode, "size": size, "strategy": strategy,
+             "since": since, "until": until, "deadline": deadline}
+    try:
+        request = CycleRequest.model_validate({k: v for k, v in given.items() if v is not None})
+    except ValidationError as exc:  # named by option: --size, --segment, --alert-id, ...
+        options = [str(e["loc"][0]).replace("_", "-").replace("segments", "segment") if e["loc"] else ""
+                   for e in exc.errors()]
+        raise _bad_input("; ".join(f"--{option}: {e['msg']}" if option else e["msg"]
+                                   for option, e in zip(options, exc.errors(), strict=True))) from exc
+    with _cycle_service() as service:
+        try:
+            cycle, _created = service.create(request, "cli", idempotency_key)
+        except InvalidInput as exc:
+            raise _bad_input(str(exc)) from exc
+        except MonitorError as exc:
+            raise _fail(exc) from exc
+    typer.echo(json.dumps(cycle, indent=2))
+
+
+@relabel_app.command("list")
+def relabel_list(limit: Annotated[int, typer.Option(help="The latest N cycles.", min=1)] = 100) -> None:
+    """The latest cycles: id, status, pairs labelled, strategy, who opened them and when."""
+    with _cycle_service() as service:
+        cycles = service.list(limit)
+    if not cycles:
+        typer.echo("no relabeling cycles yet: `monitor relabel start --segment DOMAIN --size N`")
+        return
+    typer.echo(f"{'id':>6} {'status':<12} {'labelled':>11} {'strategy':<12} {'created by':<16} created")
+    for cycle in cycles:
+        progress = f"{cycle['progress']['labelled']}/{cycle['progress']['pairs']}"
+        typer.echo(f"{cycle['id']:>6} {cycle['status']:<12} {progress:>11} {cycle['request'].get('strategy', ''):<12} "
+                   f"{cycle['created_by']:<16} {cycle['created_at']}")
+
+
+@relabel_app.command("show")
+def relabel_show(cycle_id: Annotated[int, typer.Argument(help="The cycle's id.")]) -> None:
+    """A cycle as JSON: status, progress, preferences, RM audit."""
+    with _cycle_service() as service:
+        try:
+            cycle = service.get(cycle_id)
+        except MonitorError as exc:
+            raise _fail(exc) from exc
+    typer.echo(json.dumps(cycle, indent=2))
+
+
+@relabel_app.command("export")
+def relabel_export(
+    cycle_id: Annotated[int, typer.Argument(help="The cycle's id.")],
+    fmt: Annotated[str, typer.Option("--format", help="jsonl or parquet.")] = "jsonl",
+    output: Annotated[str | None, typer.Option(help="File to write (default: cycle-ID.FORMAT here).")] = None,
+) -> None:
+    """The cycle's labelled pairs as a TRL preference dataset (prompt / chosen / rejected, redacted)."""
+    from monitor.relabel.export import WRITERS, cycle_export, write
+
+    if fmt not in WRITERS:
+        raise _bad_input(f"--format must be one of {', '.join(WRITERS)}, got {fmt!r}")
+    with _cycle_service() as service:
+        try:
+            with service.sessions() as session:
+                exported = cycle_export(session, cycle_id).require_rows()
+        except MonitorError as exc:
+            raise _fail(exc) from exc
+    target = output or f"cycle-{cycle_id}.{fmt}"
+    try:
+        path = write(exported.rows, fmt, target)
+    except OSError as exc:
+        typer.echo(f"error: cannot write {target}: {exc.strerror or exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"{path}: {len(exported.rows)} preference pairs (of {exported.pairs}; ties and unlabelled left out)")
 
 
 @db_app.command("upgrade")

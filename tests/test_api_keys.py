@@ -40,6 +40,7 @@ ROUTE_ROLES: dict[tuple[str, str], frozenset[str]] = {
     ("post", "/v1/relabel-cycles"): ADMIN,
     ("get", "/v1/relabel-cycles"): VIEW,
     ("get", "/v1/relabel-cycles/{cycle_id}"): VIEW,
+    ("get", "/v1/relabel-cycles/{cycle_id}/export"): VIEW,
     ("post", "/v1/relabel-cycles/{cycle_id}/cancel"): ADMIN,
     ("get", "/v1/review/rubric"): frozenset(ROLES),
 }
