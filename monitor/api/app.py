@@ -6,7 +6,7 @@ from fastapi import FastAPI
 
 from monitor import __version__
 from monitor.api.context import AppContext
-from monitor.api.routers import analysis, conversations, health, relabel, review, review_page
+from monitor.api.routers import analysis, conversations, health, operator_pages, relabel, review, review_page
 from monitor.http_errors import install_error_handlers
 
 
@@ -19,5 +19,6 @@ def create_app(context: AppContext) -> FastAPI:
     app.include_router(review.router)
     app.include_router(review_page.router)
     app.include_router(relabel.router)
+    app.include_router(operator_pages.router)
     install_error_handlers(app)
     return app
