@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 import re
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, Field, ValidationError, field_validator
+from pydantic import AwareDatetime, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from monitor.errors import ConfigError
@@ -158,10 +158,51 @@ class Settings(BaseSettings):
         default=24.0, gt=0, description="On its first run the sampler looks back this far, not over the history."
     )
 
+    relabel_max_size: int = Field(
+        default=500, ge=1, le=2000, description="Largest relabeling cycle (pairs) an operator or the policy may open."
+    )
+    relabel_auto_enabled: bool = Field(
+        default=False, description="A firing divergence alert opens a relabeling cycle for its segment and mode."
+    )
+    relabel_auto_size: int = Field(default=50, ge=1, le=2000, description="Pairs of a cycle the policy opens.")
+    relabel_auto_strategy: Literal["divergence", "uncertainty", "random"] = Field(
+        default="divergence", description="Pair order of a cycle the policy opens."
+    )
+    relabel_auto_interval_hours: float = Field(
+        default=24.0, gt=0, description="The policy opens at most one cycle per segment and mode in this long."
+    )
+    relabel_auto_max_per_day: int = Field(
+        default=4, ge=0, le=1000, description="The policy opens at most this many cycles in any 24 hours, in all."
+    )
+    relabel_topic: str = Field(
+        default="monitor.relabel-cycles", description="Kafka topic of `relabel_cycle/v1` events (a cycle ended)."
+    )
+    relabel_webhook_url: str | None = Field(
+        default=None, description="POSTed the `relabel_cycle/v1` event when a cycle ends (HMAC-signed), if set."
+    )
+    relabel_webhook_secret: SecretStr | None = Field(
+        default=None, description="Key of the webhook's HMAC-SHA256 signature (X-Monitor-Signature); required "
+        "with relabel_webhook_url.",
+    )
+    relabel_webhook_attempts: int = Field(
+        default=8, ge=1, le=50, description="Deliveries tried before the webhook gives up on one event."
+    )
+    relabel_webhook_backoff_seconds: float = Field(
+        default=30.0, gt=0, le=3600, description="Wait before the first retry; doubled each retry (at most 1 hour)."
+    )
+
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=0, le=65535)
 
     log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _signed_webhook(self) -> Settings:
+        if self.relabel_webhook_url and self.relabel_webhook_secret is None:
+            raise ValueError("relabel_webhook_url needs relabel_webhook_secret: the webhook is always signed")
+        if self.relabel_webhook_url and not self.relabel_webhook_url.startswith(("http://", "https://")):
+            raise ValueError(f"relabel_webhook_url must be an http(s) URL, got {self.relabel_webhook_url!r}")
+        return self
 
     @field_validator("log_level")
     @classmethod

@@ -223,6 +223,45 @@ def parse_flag(raw: bytes) -> FlagEvent:
     return _parse(FlagEvent, raw, FLAG_SCHEMA)  # type: ignore[return-value]
 
 
+RELABEL_CYCLE_SCHEMA = "relabel_cycle/v1"
+
+
+class RelabelCycleEvent(_Strict):
+    """A relabeling cycle that ended (``complete``, ``expired`` at its deadline, or ``insufficient``),
+    on the relabel topic (key = the cycle id) and to the webhook: what a training pipeline needs to
+    fetch its preference set (``export``, a path under the API) and judge it (``rm_audit``).
+
+    ``event_id`` is stable per cycle, so a consumer can drop the duplicates that at-least-once
+    publishing may deliver.
+    """
+
+    schema_: Literal["relabel_cycle/v1"] = Field(alias="schema")
+    event_id: uuid.UUID
+    cycle_id: int
+    status: Literal["complete", "expired", "insufficient"]
+    detail: str | None
+    segments: list[str]
+    mode: str | None
+    strategy: str
+    alert_id: int | None
+    pairs: int
+    labelled: int
+    preferences: dict[str, int]
+    rm_accuracy: float | None
+    rm_accuracy_ci95: list[float] | None
+    reference_accuracy: float | None
+    created_by: str
+    created_at: AwareDatetime
+    finished_at: AwareDatetime
+    emitted_at: AwareDatetime
+    export: str
+
+
+def parse_relabel_cycle(raw: bytes) -> RelabelCycleEvent:
+    """Validate a ``relabel_cycle/v1`` Kafka value or webhook body; raise :class:`InvalidEvent`."""
+    return _parse(RelabelCycleEvent, raw, RELABEL_CYCLE_SCHEMA)  # type: ignore[return-value]
+
+
 def _parse(model: type[_Strict], raw: bytes, schema: str) -> _Strict:
     if len(raw) > MAX_MESSAGE_BYTES:
         raise InvalidEvent("oversize", f"{len(raw)} bytes exceeds the {MAX_MESSAGE_BYTES} byte limit")
@@ -297,7 +336,7 @@ def parse_rating(raw: bytes) -> RatingEvent:
     return _parse(RatingEvent, raw, RATING_SCHEMA)  # type: ignore[return-value]
 
 
-def to_wire(event: ConversationEvent | RatingEvent | FlagEvent) -> bytes:
+def to_wire(event: ConversationEvent | RatingEvent | FlagEvent | RelabelCycleEvent) -> bytes:
     """Serialise an event exactly as producers put it on the wire (an event without ``candidates``
     leaves the field out, as producers that predate it do)."""
     exclude = {"candidates"} if isinstance(event, ConversationEvent) and event.candidates is None else None

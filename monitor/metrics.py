@@ -14,6 +14,8 @@ from monitor.events import DEAD_LETTER_REASONS
 EVENT_KINDS = ("conversation", "rating")
 FAILURE_STAGES = ("scoring", "dead_letter_topic", "store", "commit")
 ANALYSIS_DETECTORS = ("cusum", "rank_drop")
+RELABEL_STATUSES = ("collecting", "complete", "expired", "cancelled", "insufficient")
+RELABEL_WEBHOOK_OUTCOMES = ("delivered", "retrying", "gave_up")
 
 
 def _value(value: float | None) -> float:
@@ -227,6 +229,28 @@ class Metrics:
             "monitor_review_annotators_flagged", "Annotators whose gold accuracy is far below the pool's.",
             registry=registry,
         )
+        self.relabel_cycles = Gauge(
+            "monitor_relabel_cycles", "Relabeling cycles, by status.", ["status"], registry=registry,
+        )
+        self.relabel_accuracy = Gauge(
+            "monitor_relabel_rm_accuracy_ratio",
+            "The RM's pairwise accuracy against people on a segment, from its latest ended relabeling cycle: "
+            "source=cycle (annotators' preferences on the cycle's pairs) or reference (users' ratings on the "
+            "segment's reference window).", ["segment", "source"], registry=registry,
+        )
+        self.relabel_accuracy_bound = Gauge(
+            "monitor_relabel_rm_accuracy_bound_ratio", "Bound of the 95% interval of the RM's pairwise accuracy.",
+            ["segment", "source", "bound"], registry=registry,
+        )
+        self.relabel_events_published = Counter(
+            "monitor_relabel_events_published_total", "relabel_cycle/v1 events Kafka acknowledged.", registry=registry,
+        )
+        self.relabel_webhook_deliveries = Counter(
+            "monitor_relabel_webhook_deliveries_total", "Webhook deliveries of relabel_cycle/v1 events, by outcome.",
+            ["outcome"], registry=registry,
+        )
+        for outcome in RELABEL_WEBHOOK_OUTCOMES:
+            self.relabel_webhook_deliveries.labels(outcome=outcome)
         for kind in EVENT_KINDS:
             self.events_accepted.labels(kind=kind)
         for reason in DEAD_LETTER_REASONS:
@@ -288,6 +312,18 @@ class Metrics:
         for item, figures in report["agreement"].items():
             self.review_alpha.labels(item=item).set(_value(figures["alpha"]))
         self.review_flagged.set(sum(a["flagged"] for a in report["annotators"]))
+
+    def record_relabel(self, statuses: dict[str, int], accuracy: dict[str, dict[str, dict]]) -> None:
+        """Cycles per status, and per segment the RM's accuracy from its latest ended cycle
+        (``accuracy[segment][source]`` = ``{"accuracy": ..., "ci95": [lo, hi] | None}``)."""
+        for status in RELABEL_STATUSES:
+            self.relabel_cycles.labels(status=status).set(statuses.get(status, 0))
+        for segment, sources in accuracy.items():
+            for source, figure in sources.items():
+                self.relabel_accuracy.labels(segment=segment, source=source).set(_value(figure.get("accuracy")))
+                bounds = figure.get("ci95") or (None, None)
+                for bound, value in zip(("lower", "upper"), bounds, strict=True):
+                    self.relabel_accuracy_bound.labels(segment=segment, source=source, bound=bound).set(_value(value))
 
     def init_topics(self, topics: tuple[str, ...]) -> None:
         """Expose zero-valued series for the configured topics before any record arrives."""

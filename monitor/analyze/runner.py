@@ -51,6 +51,7 @@ from monitor.analyze.window_stats import reported_segments, segment_stats
 from monitor.config import Settings
 from monitor.errors import BrokerUnavailable, StoreUnavailable
 from monitor.metrics import Metrics
+from monitor.relabel.keeper import CycleKeeper
 from monitor.review.estimate import VERDICTS
 from monitor.review.report import build_report
 from monitor.review.rubric import load_rubric
@@ -77,6 +78,7 @@ from monitor.store.analysis import (
     save_states,
     snapshot_isolation,
     store_divergence,
+    unheard_partitions,
     unpublished_alerts,
     watermarks,
     window_rows,
@@ -122,6 +124,10 @@ class RunSummary:
     checkpoint: datetime | None = None
     queued: dict[str, int] = field(default_factory=dict)  # review items queued, per arm
     review_error: str | None = None
+    cycles_opened: list[int] = field(default_factory=list)  # relabeling cycles the policy opened
+    cycles_ended: list[int] = field(default_factory=list)  # ... that ended (complete or expired)
+    cycles_announced: list[int] = field(default_factory=list)  # ... whose relabel_cycle/v1 event Kafka acknowledged
+    relabel_error: str | None = None
     # Seconds per phase of the run: derive, read, compute, write (and publish when it ran).
     phases: dict[str, float] = field(default_factory=dict)
 
@@ -135,7 +141,10 @@ class RunSummary:
                  f"flags published: {self.published}"
                  + (f" (failed: {self.publish_error})" if self.publish_error else ""),
                  "review items queued: " + (", ".join(f"{n} {arm}" for arm, n in sorted(self.queued.items())) or "none")
-                 + (f" (failed: {self.review_error})" if self.review_error else "")]
+                 + (f" (failed: {self.review_error})" if self.review_error else ""),
+                 f"relabeling cycles: {_ids(self.cycles_opened)} opened by policy, {_ids(self.cycles_ended)} ended, "
+                 f"{_ids(self.cycles_announced)} announced" + (f" (failed: {self.relabel_error})" if self.relabel_error
+                                                             else "")]
         if self.drift is None:
             lines.append("drift report: not enough data yet" if self.drift_built else "drift report: not due yet")
         else:
@@ -164,7 +173,8 @@ class Analyzer:
     def __init__(self, settings: Settings, sessions: sessionmaker[Session], *, metrics: Metrics | None = None,
                  publisher_factory: Callable[[], FlagPublisher] | None = None,
                  drift: DriftInputs | None = None, clock: Callable[[], datetime] = utcnow,
-                 derive: bool = True, entry_page: int = ENTRY_PAGE, review_seed: int | None = None) -> None:
+                 derive: bool = True, entry_page: int = ENTRY_PAGE, review_seed: int | None = None,
+                 keeper: CycleKeeper | None = None) -> None:
         """``derive``: derive missing signals at the start of each run (False where a
         :class:`~monitor.analyze.derive.SignalDeriver` runs beside it). ``entry_page``: a run that
         finds more entries than this due goes through them a page at a time (each checkpointed).
@@ -183,6 +193,8 @@ class Analyzer:
             lambda: FlagPublisher(settings.bootstrap_servers, settings.flags_topic))
         self._drift = drift if drift is not None else DriftInputs(rows=settings.analyze_drift_rows)
         self.sampler = ReviewSampler(settings, sessions, seed=review_seed) if settings.review_enabled else None
+        # Relabeling cycles: the policy, deadlines and completion, their events and webhook.
+        self.keeper = keeper or CycleKeeper(settings, sessions, self.scheme, metrics=metrics)
 
     def run_once(self, *, publish: bool = True, drift: bool | None = None) -> RunSummary:
         """One run. ``drift``: build the drift report (None: when the last one is older than
@@ -203,6 +215,9 @@ class Analyzer:
             publishing = time.monotonic()
             self._publish(summary)
             summary.phases["publish"] = time.monotonic() - publishing
+        keeping = time.monotonic()
+        self._keep_cycles(summary, publish)
+        summary.phases["relabel"] = time.monotonic() - keeping
         summary.seconds = time.monotonic() - started
         self._count("ok")
         if self.metrics:
@@ -328,7 +343,13 @@ class Analyzer:
             turns_at, ratings_at = _lowest(watermarks(session), self._partition_watermarks(session))
             watermark = min(turns_at, limit) if turns_at is not None else None
             until = None
-            if watermark is not None:
+            unheard = unheard_partitions(session, self.settings.consumer_group,
+                                         [self.settings.conversations_topic, self.settings.ratings_topic],
+                                         idle_seconds=self.settings.analyze_partition_idle_seconds)
+            if unheard:  # an assigned partition not heard from yet may hold entries behind any checkpoint
+                log.info("checkpoint held: partitions not heard from yet",
+                         extra={"partitions": [f"{t}:{p}" for t, p in unheard]})
+            elif watermark is not None:
                 # Entries settle behind the slower topic, and never past a turn whose signals are missing.
                 until = min(watermark, ratings_at or watermark) - timedelta(seconds=config.settle_seconds)
                 unready = earliest_unready_entry(session)
@@ -414,6 +435,18 @@ class Analyzer:
         except Exception as exc:  # noqa: BLE001 - the analysis must go on; the next run retries
             summary.review_error = f"{type(exc).__name__}: {exc}"
             log.exception("review sampling failed; retrying on the next run")
+
+    def _keep_cycles(self, summary: RunSummary, publish: bool) -> None:
+        try:
+            kept = self.keeper.run(publish=publish)
+        except Exception as exc:  # noqa: BLE001 - the analysis must go on; the next run retries
+            summary.relabel_error = f"{type(exc).__name__}: {exc}"
+            log.exception("relabeling cycles not kept; retrying on the next run")
+            return
+        summary.cycles_opened, summary.cycles_ended = kept.opened, kept.ended
+        summary.cycles_announced = kept.announced.published
+        if kept.announced.publish_error:
+            summary.relabel_error = kept.announced.publish_error
 
     def _record_review(self, watermark: datetime | None) -> None:
         """The review gauges: the queue's stats, and the report over the last REVIEW_REPORT_DAYS of
@@ -506,6 +539,10 @@ def _lap(phases: dict[str, float], name: str, since: float) -> float:
     now = time.monotonic()
     phases[name] = phases.get(name, 0.0) + now - since
     return now
+
+
+def _ids(ids: list[int]) -> str:
+    return f"{len(ids)} ({', '.join(map(str, ids))})" if ids else "0"
 
 
 def _lowest(*pairs: tuple[datetime | None, datetime | None]) -> tuple[datetime | None, datetime | None]:

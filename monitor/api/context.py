@@ -30,4 +30,4 @@ class AppContext:
     def __post_init__(self) -> None:
         scheme = SegmentScheme.from_settings(self.settings)
         self.review = ReviewQueue(self.sessions, scheme, lease_seconds=self.settings.review_lease_seconds)
-        self.cycles = CycleService(self.sessions, scheme)
+        self.cycles = CycleService(self.sessions, scheme, max_size=self.settings.relabel_max_size)

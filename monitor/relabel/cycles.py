@@ -16,9 +16,11 @@ other reads its cycle.
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import json
 import math
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
@@ -30,14 +32,17 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from monitor.analyze.segments import SegmentScheme
+from monitor.analyze.state import SegmentState
 from monitor.errors import Conflict, InvalidInput, NotFound
 from monitor.redaction import redact_many
 from monitor.relabel.audit import AuditPair, rm_accuracy
-from monitor.relabel.pairs import STRATEGIES, PlannedPair, SliceTurn, choose, form_pairs
+from monitor.relabel.pairs import PER_TURN, SIMILAR, STRATEGIES, PlannedPair, SliceTurn, choose, form_pairs
+from monitor.relabel.results import LabelledPair, Side, cycle_results, preference_agreement
 from monitor.review.queue import ab_sides
 from monitor.review.sampling import Candidate, dominant_modes, signal_values
 from monitor.signals import MODES, SIGNAL_NAMES
 from monitor.store import review as review_store
+from monitor.store.analysis import load_states
 from monitor.store.models import Alert, RelabelCycle, RelabelPair, ReviewAnnotation, ReviewItem, Turn, utcnow
 
 #: Turns a cycle's slice is drawn from, at most (the latest in range).
@@ -47,6 +52,13 @@ MAX_SIZE = 2000
 #: Default time range: the last day before the newest stored turn.
 DEFAULT_RANGE = timedelta(days=1)
 PRIORITY = 3.0  # ahead of sampled items: an operator asked for these
+#: A cycle is collecting until every pair is labelled (complete) or its deadline passes (expired);
+#: cancelled by an operator; insufficient when its slice formed no pair.
+COLLECTING, COMPLETE, EXPIRED, CANCELLED, INSUFFICIENT = "collecting", "complete", "expired", "cancelled", \
+    "insufficient"
+ENDED_WITH_RESULTS = (COMPLETE, EXPIRED)
+#: Ended cycles a ``relabel_cycle/v1`` event announces.
+ANNOUNCED = (COMPLETE, EXPIRED, INSUFFICIENT)
 
 
 class CycleRequest(BaseModel):
@@ -63,6 +75,12 @@ class CycleRequest(BaseModel):
     size: int = Field(ge=1, le=MAX_SIZE)
     strategy: Literal["divergence", "uncertainty", "random"] = "divergence"
     deadline: AwareDatetime | None = None
+    #: Annotators per pair (several: agreement, and Bradley-Terry sees each pair more than once).
+    labels_per_pair: int = Field(default=1, ge=1, le=5)
+    #: Pairs a response from similar prompts may join (more: a denser comparison graph).
+    pairs_per_response: int = Field(default=PER_TURN, ge=1, le=8)
+    #: Prompts at least this similar (MiniLM cosine) count as near-identical.
+    min_similarity: float = Field(default=SIMILAR, ge=0.5, le=1.0)
 
 
 def digest(request: CycleRequest) -> str:
@@ -71,47 +89,88 @@ def digest(request: CycleRequest) -> str:
 
 
 def cycle_view(session: Session, cycle: RelabelCycle) -> dict[str, Any]:
-    """Status, progress (pairs labelled) and the preferences so far."""
+    """Status, progress (pairs labelled), the preferences and the RM audit so far, agreement, and
+    what the cycle found once it ended (``results``)."""
     items = list(session.execute(select(ReviewItem.id, ReviewItem.state).where(ReviewItem.cycle_id == cycle.id)))
-    labelled = list(session.execute(
-        select(ReviewAnnotation.labels, ReviewItem.segment, ReviewItem.mode, ReviewItem.candidates,
-               RelabelPair.reward_a, RelabelPair.reward_b, RelabelPair.turn_a)
-        .join(ReviewItem, ReviewItem.id == ReviewAnnotation.item_id)
-        .join(RelabelPair, RelabelPair.item_id == ReviewItem.id)
-        .where(ReviewItem.cycle_id == cycle.id)))
-    labels = [row[0] for row in labelled]
-    audit = rm_accuracy([_audit_pair(*row) for row in labelled if row[0].get("preference")])
+    labelled = labelled_pairs(session, cycle.id)
     preferences = {"A": 0, "B": 0, "tie": 0}
-    for answer in labels:
-        if answer.get("preference") in preferences:
-            preferences[answer["preference"]] += 1
+    by_item: dict[int, list[str]] = defaultdict(list)
+    for item_id, pair in labelled:
+        preferences[pair.preference] += 1
+        by_item[item_id].append(pair.preference)
     formed = dict(session.execute(select(RelabelPair.formed_by, func.count()).where(RelabelPair.cycle_id == cycle.id)
                                   .group_by(RelabelPair.formed_by)).all())
     return {
         "id": cycle.id, "status": cycle.status, "detail": cycle.detail, "request": cycle.request,
         "alert_id": cycle.alert_id, "created_by": cycle.created_by, "created_at": cycle.created_at.isoformat(),
+        "deadline": cycle.deadline.isoformat() if cycle.deadline else None,
         "finished_at": cycle.finished_at.isoformat() if cycle.finished_at else None,
         "progress": {"pairs": cycle.pairs, "labelled": sum(state == review_store.COMPLETE for _, state in items),
-                     "labels": len(labels)},
-        "pairs_formed_by": formed, "preferences": preferences, "rm_audit": audit,
+                     "labels": len(labelled)},
+        "pairs_formed_by": formed, "preferences": preferences,
+        "rm_audit": rm_accuracy([AuditPair(p.segment, p.mode, p.a.reward, p.b.reward, p.preference)
+                                 for _, p in labelled]),
+        "agreement": preference_agreement(by_item),
+        "results": cycle.results,
+        "announced": {"event_published_at": _iso(cycle.event_published_at),
+                      "webhook_delivered_at": _iso(cycle.webhook_delivered_at),
+                      "webhook_attempts": cycle.webhook_attempts, "webhook_error": cycle.webhook_error},
+        "export": f"/v1/relabel-cycles/{cycle.id}/export",
     }
 
 
-def _audit_pair(labels: dict, segment: str, mode: str | None, candidates: list[dict], reward_a: float | None,
-                reward_b: float | None, turn_a: int) -> AuditPair:
-    """The pair as shown (A, B) with the RM's score of each side: the pair stores them as turn_a's
-    and the other's, the item in a drawn order (``source`` says which side is turn_a)."""
-    a_first = (candidates or [{}])[0].get("source") == f"turn:{turn_a}"
-    shown_a, shown_b = (reward_a, reward_b) if a_first else (reward_b, reward_a)
-    return AuditPair(segment, mode, shown_a, shown_b, str(labels.get("preference")))
+def labelled_pairs(session: Session, cycle_id: int) -> list[tuple[int, LabelledPair]]:
+    """Every annotation of the cycle's pairs with a preference, the sides as shown (item id first)."""
+    rows = session.execute(
+        select(ReviewItem.id, ReviewAnnotation.labels, ReviewItem.segment, ReviewItem.mode, ReviewItem.candidates,
+               RelabelPair.reward_a, RelabelPair.reward_b, RelabelPair.turn_a)
+        .join(ReviewItem, ReviewItem.id == ReviewAnnotation.item_id)
+        .join(RelabelPair, RelabelPair.item_id == ReviewItem.id)
+        .where(ReviewItem.cycle_id == cycle_id).order_by(ReviewAnnotation.id))
+    out = []
+    for item_id, labels, segment, mode, candidates, reward_a, reward_b, turn_a in rows:
+        preference = labels.get("preference")
+        if preference not in ("A", "B", "tie") or len(candidates or []) != 2:
+            continue
+        rewards = {f"turn:{turn_a}": reward_a}
+        sides = []
+        for side in candidates:
+            source = str(side.get("source", ""))
+            key = f"candidate:{turn_a}:{source.split(':', 1)[1]}" if source.startswith("candidate:") else source
+            reward = rewards[source] if source in rewards else reward_b
+            sides.append(Side(key, str(side.get("response", "")), reward))
+        out.append((item_id, LabelledPair(segment, mode, sides[0], sides[1], preference)))
+    return out
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def finish(session: Session, cycle: RelabelCycle, status: str, detail: str | None, now: datetime) -> None:
+    """End ``cycle``: its open items leave the queue, and what its labels say is stored."""
+    cycle.status, cycle.finished_at, cycle.updated_at = status, now, now
+    if detail is not None:
+        cycle.detail = detail
+    session.execute(update(ReviewItem.__table__).where(ReviewItem.__table__.c.cycle_id == cycle.id,
+                                                       ReviewItem.__table__.c.state == review_store.OPEN)
+                    .values(state="cancelled"))
+    if status in ENDED_WITH_RESULTS:
+        labelled = [pair for _, pair in labelled_pairs(session, cycle.id)]
+        segments = {pair.segment for pair in labelled} | set(cycle.request.get("segments") or [])
+        states = {name: SegmentState.from_json(value) for name, value in load_states(session).items()
+                  if name in segments}
+        cycle.results = cycle_results(labelled, states, seed=cycle.id)
+    session.flush()
 
 
 class CycleService:
     def __init__(self, sessions: sessionmaker[Session], scheme: SegmentScheme, *,
                  embed: Callable[[list[str]], np.ndarray] | None = None, seed: int | None = None,
-                 clock: Callable[[], datetime] = utcnow) -> None:
+                 clock: Callable[[], datetime] = utcnow, max_size: int = MAX_SIZE) -> None:
         self.sessions = sessions
         self.scheme = scheme
+        self.max_size = max_size
         self._embed = embed
         self.rng = np.random.default_rng(seed)
         self.clock = clock
@@ -125,6 +184,9 @@ class CycleService:
 
     def create(self, request: CycleRequest, actor: str, idempotency_key: str | None = None) -> tuple[dict, bool]:
         """The cycle and whether this call created it (False: an idempotent retry)."""
+        if request.size > self.max_size:
+            raise InvalidInput(f"size {request.size} is over the maximum of {self.max_size} pairs "
+                               f"(MONITOR_RELABEL_MAX_SIZE)")
         wanted = digest(request)
         if idempotency_key is not None:
             with self.sessions() as session:
@@ -154,16 +216,21 @@ class CycleService:
 
     def _create(self, session: Session, request: CycleRequest, actor: str, key: str | None, wanted: str) -> dict:
         segments, mode = self._slice_of(session, request)
+        now = self.clock()
+        if request.deadline is not None and request.deadline <= now:
+            raise InvalidInput(f"the deadline {request.deadline.isoformat()} has passed")
         turns = self._slice(session, request, segments, mode)
         if not turns:
             raise InvalidInput(f"the slice holds no scored turns (segments {segments}, mode {mode or 'any'}); "
                                f"widen the time range or pick another segment")
-        planned = choose(form_pairs([_slice_turn(t) for t in turns], self.embed), request.strategy, request.size,
-                         self.rng)
-        now = self.clock()
-        cycle = RelabelCycle(idempotency_key=key, request_digest=wanted, request=request.model_dump(mode="json"),
-                             status="collecting" if planned else "insufficient", pairs=len(planned),
-                             alert_id=request.alert_id, created_by=actor, created_at=now, updated_at=now)
+        planned = choose(form_pairs([_slice_turn(t) for t in turns], self.embed, per_turn=request.pairs_per_response,
+                                    similar=request.min_similarity),
+                         request.strategy, request.size, self.rng)
+        cycle = RelabelCycle(idempotency_key=key, request_digest=wanted,
+                             request={**request.model_dump(mode="json"), "segments": segments, "mode": mode},
+                             status=COLLECTING if planned else INSUFFICIENT, pairs=len(planned),
+                             alert_id=request.alert_id, created_by=actor, created_at=now, updated_at=now,
+                             deadline=request.deadline, webhook_attempts=0)
         if not planned:
             cycle.detail, cycle.finished_at = (f"the slice's {len(turns)} turns form no pair: no event carried "
                                                f"alternative responses and no two prompts are near-identical"), now
@@ -238,7 +305,8 @@ class CycleService:
                 "divergence": a.divergence, "reward": a.score, "rm_prediction": None, "reference_satisfaction": None,
                 "context": [], "prompt": prompt, "response": served,
                 "candidates": sides,
-                "duplicates": 0, "reviews_required": 1, "reviews_done": 0, "active_leases": 0, "gold": None,
+                "duplicates": 0, "reviews_required": int(cycle.request.get("labels_per_pair") or 1),
+                "reviews_done": 0, "active_leases": 0, "gold": None,
                 "state": review_store.OPEN, "created_at": now,
             }
             item_id, = review_store.insert_items(session, [row], actor=cycle.created_by, at=now)
@@ -259,27 +327,47 @@ class CycleService:
             return self._refresh(session, cycle)
 
     def _refresh(self, session: Session, cycle: RelabelCycle) -> dict:
-        """The cycle's view; a collecting cycle whose every pair is labelled completes here."""
-        view = cycle_view(session, cycle)
-        if cycle.status == "collecting" and cycle.pairs and view["progress"]["labelled"] >= cycle.pairs:
-            cycle.status, cycle.finished_at, cycle.updated_at = "complete", self.clock(), self.clock()
-            view = cycle_view(session, cycle)
-        return view
+        """The cycle's view; a collecting cycle whose every pair is labelled completes here, one
+        past its deadline expires."""
+        self._settle(session, cycle)
+        return cycle_view(session, cycle)
+
+    def _settle(self, session: Session, cycle: RelabelCycle) -> bool:
+        """End a collecting cycle that is done or past its deadline; True when it ended now."""
+        if cycle.status != COLLECTING:
+            return False
+        now = self.clock()
+        labelled = session.scalar(select(func.count()).select_from(ReviewItem).where(
+            ReviewItem.cycle_id == cycle.id, ReviewItem.state == review_store.COMPLETE)) or 0
+        if cycle.pairs and labelled >= cycle.pairs:
+            finish(session, cycle, COMPLETE, None, now)
+            return True
+        if cycle.deadline is not None and cycle.deadline <= now:
+            finish(session, cycle, EXPIRED, f"the deadline passed with {labelled} of {cycle.pairs} pairs labelled; "
+                                            f"the rest left the queue", now)
+            return True
+        return False
+
+    def settle(self) -> builtins.list[int]:
+        """End every collecting cycle that is done or past its deadline (the analyzer calls this
+        each run, so a cycle ends, and is announced, without anyone looking at it)."""
+        ended: builtins.list[int] = []
+        with self.sessions.begin() as session:
+            for cycle in session.scalars(select(RelabelCycle).where(RelabelCycle.status == COLLECTING)
+                                         .with_for_update(skip_locked=True)):
+                if self._settle(session, cycle):
+                    ended.append(cycle.id)
+        return ended
 
     def cancel(self, cycle_id: int, actor: str) -> dict:
         with self.sessions.begin() as session:
-            cycle = session.get(RelabelCycle, cycle_id)
+            cycle = session.get(RelabelCycle, cycle_id, with_for_update=True)
             if cycle is None:
                 raise NotFound(f"relabel cycle {cycle_id} not found")
-            self._refresh(session, cycle)
-            if cycle.status != "collecting":
+            self._settle(session, cycle)
+            if cycle.status != COLLECTING:
                 raise Conflict(f"relabel cycle {cycle_id} is {cycle.status}; only a collecting cycle can be cancelled")
-            now = self.clock()
-            cycle.status, cycle.finished_at, cycle.updated_at = "cancelled", now, now
-            cycle.detail = f"cancelled by {actor}"
-            session.execute(update(ReviewItem.__table__).where(ReviewItem.__table__.c.cycle_id == cycle.id,
-                                                               ReviewItem.__table__.c.state == review_store.OPEN)
-                            .values(state="cancelled"))
+            finish(session, cycle, CANCELLED, f"cancelled by {actor}", self.clock())
             return cycle_view(session, cycle)
 
 
@@ -289,4 +377,5 @@ def _slice_turn(turn: Turn) -> SliceTurn:
                      candidates[0] if candidates else None)
 
 
-__all__ = ["MAX_SIZE", "STRATEGIES", "CycleRequest", "CycleService"]
+__all__ = ["ANNOUNCED", "COLLECTING", "COMPLETE", "EXPIRED", "MAX_SIZE", "STRATEGIES", "CycleRequest",
+           "CycleService", "cycle_view", "finish", "labelled_pairs"]

@@ -35,6 +35,8 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
     "length": ("too_short", "about_right", "too_long"), "tone": ("appropriate", "flattering", "cold"),
 }
 #: Bin edges of s for overall 1..5: round(1 + 4 s) = k for s in [(k - 1.5) / 4, (k - 0.5) / 4).
+#: Two answers an annotator sees within this much quality of each other are a tie.
+TIE = 0.05
 _EDGES = np.array([-np.inf, 0.125, 0.375, 0.625, 0.875, np.inf])
 
 
@@ -61,6 +63,16 @@ class Annotator:
         mass = np.diff(stats.norm.cdf((_EDGES - q) / self.noise), axis=-1)
         careful = mass @ (np.arange(5) / 4.0)
         return (1 - self.careless) * careful + self.careless * 0.5
+
+    def prefer(self, quality_a: float, quality_b: float, rng: np.random.Generator, *, tie: float = TIE) -> str:
+        """A pairwise judgement (``A``, ``B`` or ``tie``): each answer's quality seen through this
+        annotator's noise (a Thurstone model); a tie when the two look within ``tie`` of each other."""
+        if rng.random() < self.careless:
+            return ("A", "B", "tie")[int(rng.integers(3))]
+        seen_a, seen_b = quality_a + rng.normal(0.0, self.noise), quality_b + rng.normal(0.0, self.noise)
+        if abs(seen_a - seen_b) < tie:
+            return "tie"
+        return "A" if seen_a > seen_b else "B"
 
     def label(self, truth: GroundTruth, rng: np.random.Generator) -> dict[str, Any]:
         """A full rubric annotation of a turn with this ground truth (at random when careless)."""

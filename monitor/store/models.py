@@ -404,6 +404,15 @@ class RelabelCycle(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    deadline: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    #: What the cycle found, stored when it ends (:mod:`monitor.relabel.results`).
+    results: Mapped[dict | None] = mapped_column(JSON)
+    #: The ``relabel_cycle/v1`` event: acknowledged by Kafka at; the webhook: delivered at, tries, next try.
+    event_published_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    webhook_delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    webhook_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    webhook_next_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    webhook_error: Mapped[str | None] = mapped_column(Text)
 
 
 class RelabelPair(Base):

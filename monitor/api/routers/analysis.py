@@ -6,19 +6,21 @@ so every API replica answers the same. Viewer and admin keys.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel
+from sqlalchemy import select
 
 from monitor.api.auth import require
 from monitor.api.deps import ContextDep, SessionDep
 from monitor.auth import VIEW
 from monitor.errors import NotFound
 from monitor.store.analysis import latest_run, list_alerts
-from monitor.store.models import Alert, AnalysisRun
+from monitor.store.models import Alert, AnalysisRun, RelabelCycle
 
 router = APIRouter(prefix="/v1", tags=["analysis"], dependencies=[Depends(require(VIEW))])
 
@@ -38,15 +40,17 @@ class AlertOut(BaseModel):
     updated_at: datetime
     published: bool
     evidence: dict[str, Any]
+    #: Relabeling cycles opened for this alert (by an operator or the policy), oldest first.
+    relabel_cycles: list[int] = []
 
     @classmethod
-    def of(cls, alert: Alert) -> AlertOut:
+    def of(cls, alert: Alert, cycles: list[int] | None = None) -> AlertOut:
         return cls(
             id=alert.id, key=alert.key, segment=alert.segment, detector=alert.detector, direction=alert.direction,
             mode=alert.mode, modes=list(alert.evidence.get("attribution", {}).get("modes", [])),
             state=alert.state, started_at=alert.started_at, resolved_at=alert.resolved_at,
             first_seen_at=alert.first_seen_at, updated_at=alert.updated_at,
-            published=alert.published_state == alert.state, evidence=alert.evidence,
+            published=alert.published_state == alert.state, evidence=alert.evidence, relabel_cycles=cycles or [],
         )
 
 
@@ -83,7 +87,12 @@ def alerts(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> AlertsOut:
     """Divergence alerts, newest first (by event time of the first detection)."""
-    return AlertsOut(alerts=[AlertOut.of(a) for a in list_alerts(session, state=state, segment=segment, limit=limit)])
+    found = list_alerts(session, state=state, segment=segment, limit=limit)
+    cycles: dict[int | None, list[int]] = defaultdict(list)
+    for alert_id, cycle_id in session.execute(select(RelabelCycle.alert_id, RelabelCycle.id).where(
+            RelabelCycle.alert_id.in_([a.id for a in found])).order_by(RelabelCycle.id)):
+        cycles[alert_id].append(cycle_id)
+    return AlertsOut(alerts=[AlertOut.of(a, cycles.get(a.id)) for a in found])
 
 
 @router.get("/segments")

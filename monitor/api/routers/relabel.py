@@ -1,18 +1,20 @@
 """Relabeling cycles (``/v1/relabel-cycles``): admins open and cancel them; viewers and admins follow
-them. A retried ``POST`` with the same ``Idempotency-Key`` returns the same cycle (200 instead of
-201); the same key with another body is a 409. See :mod:`monitor.relabel.cycles`."""
+them and export their labels (a TRL preference dataset, :mod:`monitor.relabel.export`). A retried
+``POST`` with the same ``Idempotency-Key`` returns the same cycle (200 instead of 201); the same key
+with another body is a 409. See :mod:`monitor.relabel.cycles`."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from monitor.api.auth import Principal, require
-from monitor.api.deps import ContextDep
+from monitor.api.deps import ContextDep, SessionDep
 from monitor.auth import ADMIN, VIEW
 from monitor.relabel.cycles import CycleRequest
+from monitor.relabel.export import MEDIA_TYPES, ExportFormat, cycle_export, render
 
 router = APIRouter(prefix="/v1/relabel-cycles", tags=["relabel"])
 
@@ -38,6 +40,19 @@ def list_cycles(context: ContextDep, _caller: Viewer,
 def show_cycle(cycle_id: int, context: ContextDep, _caller: Viewer) -> dict[str, Any]:
     """Status, progress (pairs labelled) and the preferences so far."""
     return context.cycles.get(cycle_id)
+
+
+@router.get("/{cycle_id}/export", response_class=Response,
+            responses={200: {"content": {media: {} for media in MEDIA_TYPES.values()},
+                             "description": "The preference dataset, as an attachment."},
+                       409: {"description": "No pair has a clear human preference yet."}})
+def export_cycle(cycle_id: int, _caller: Viewer, session: SessionDep,
+                 fmt: Annotated[ExportFormat, Query(alias="format")] = "jsonl") -> Response:
+    """The cycle's labelled pairs as a TRL preference dataset (conversational prompt / chosen / rejected,
+    redacted text, provenance columns); ties and unlabelled pairs are left out (docs/relabel.md)."""
+    rows = cycle_export(session, cycle_id).require_rows().rows
+    return Response(render(rows, fmt), media_type=MEDIA_TYPES[fmt],
+                    headers={"Content-Disposition": f"attachment; filename=cycle-{cycle_id}.{fmt}"})
 
 
 @router.post("/{cycle_id}/cancel")

@@ -36,10 +36,18 @@ def upgrade() -> None:
     sa.Column('created_at', monitor.store.models.UTCDateTime(timezone=True), nullable=False),
     sa.Column('updated_at', monitor.store.models.UTCDateTime(timezone=True), nullable=False),
     sa.Column('finished_at', monitor.store.models.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('deadline', monitor.store.models.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('results', sa.JSON(), nullable=True),
+    sa.Column('event_published_at', monitor.store.models.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('webhook_delivered_at', monitor.store.models.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('webhook_attempts', sa.Integer(), nullable=False),
+    sa.Column('webhook_next_at', monitor.store.models.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('webhook_error', sa.Text(), nullable=True),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_relabel_cycles')),
     sa.UniqueConstraint('idempotency_key', name=op.f('uq_relabel_cycles_idempotency_key'))
     )
     op.create_index(op.f('ix_relabel_cycles_alert_id'), 'relabel_cycles', ['alert_id'], unique=False)
+    op.create_index(op.f('ix_relabel_cycles_deadline'), 'relabel_cycles', ['deadline'], unique=False)
     op.create_index(op.f('ix_relabel_cycles_status'), 'relabel_cycles', ['status'], unique=False)
     op.create_table('relabel_pairs',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
@@ -78,4 +86,5 @@ def downgrade() -> None:
     op.drop_table('relabel_pairs')
     op.drop_index(op.f('ix_relabel_cycles_status'), table_name='relabel_cycles')
     op.drop_index(op.f('ix_relabel_cycles_alert_id'), table_name='relabel_cycles')
+    op.drop_index(op.f('ix_relabel_cycles_deadline'), table_name='relabel_cycles')
     op.drop_table('relabel_cycles')
