@@ -81,6 +81,9 @@ class CycleRequest(BaseModel):
     pairs_per_response: int = Field(default=PER_TURN, ge=1, le=8)
     #: Prompts at least this similar (MiniLM cosine) count as near-identical.
     min_similarity: float = Field(default=SIMILAR, ge=0.5, le=1.0)
+    #: ``spread``: pairs one by one in the strategy's order; ``dense``: whole prompt families in that
+    #: order (Bradley-Terry strengths comparable across each family; see monitor.relabel.pairs).
+    design: Literal["spread", "dense"] = "spread"
 
 
 def digest(request: CycleRequest) -> str:
@@ -123,12 +126,12 @@ def labelled_pairs(session: Session, cycle_id: int) -> list[tuple[int, LabelledP
     """Every annotation of the cycle's pairs with a preference, the sides as shown (item id first)."""
     rows = session.execute(
         select(ReviewItem.id, ReviewAnnotation.labels, ReviewItem.segment, ReviewItem.mode, ReviewItem.candidates,
-               RelabelPair.reward_a, RelabelPair.reward_b, RelabelPair.turn_a)
+               RelabelPair.reward_a, RelabelPair.reward_b, RelabelPair.turn_a, ReviewItem.prompt)
         .join(ReviewItem, ReviewItem.id == ReviewAnnotation.item_id)
         .join(RelabelPair, RelabelPair.item_id == ReviewItem.id)
         .where(ReviewItem.cycle_id == cycle_id).order_by(ReviewAnnotation.id))
     out = []
-    for item_id, labels, segment, mode, candidates, reward_a, reward_b, turn_a in rows:
+    for item_id, labels, segment, mode, candidates, reward_a, reward_b, turn_a, prompt in rows:
         preference = labels.get("preference")
         if preference not in ("A", "B", "tie") or len(candidates or []) != 2:
             continue
@@ -139,7 +142,7 @@ def labelled_pairs(session: Session, cycle_id: int) -> list[tuple[int, LabelledP
             key = f"candidate:{turn_a}:{source.split(':', 1)[1]}" if source.startswith("candidate:") else source
             reward = rewards[source] if source in rewards else reward_b
             sides.append(Side(key, str(side.get("response", "")), reward))
-        out.append((item_id, LabelledPair(segment, mode, sides[0], sides[1], preference)))
+        out.append((item_id, LabelledPair(segment, mode, sides[0], sides[1], preference, prompt or "")))
     return out
 
 
@@ -225,7 +228,7 @@ class CycleService:
                                f"widen the time range or pick another segment")
         planned = choose(form_pairs([_slice_turn(t) for t in turns], self.embed, per_turn=request.pairs_per_response,
                                     similar=request.min_similarity),
-                         request.strategy, request.size, self.rng)
+                         request.strategy, request.size, self.rng, dense=request.design == "dense")
         cycle = RelabelCycle(idempotency_key=key, request_digest=wanted,
                              request={**request.model_dump(mode="json"), "segments": segments, "mode": mode},
                              status=COLLECTING if planned else INSUFFICIENT, pairs=len(planned),

@@ -13,6 +13,11 @@ Strategies order the pairs; a cycle labels the first ``size``:
 * ``uncertainty``: the pairs the RM scores most nearly equal first (its preference is a coin flip
   there, so a human label teaches it most);
 * ``random``: uniform.
+
+A cycle's ``design`` says how the first ``size`` are taken: ``spread`` (pair by pair in that
+order: the most pairs the strategy wants most) or ``dense`` (family by family, see
+:func:`by_family`: fewer families, each labelled through, so Bradley-Terry can rank their
+responses).
 """
 
 from __future__ import annotations
@@ -83,8 +88,10 @@ def form_pairs(turns: Sequence[SliceTurn], embed: Callable[[list[str]], np.ndarr
     return pairs
 
 
-def choose(pairs: Sequence[PlannedPair], strategy: str, size: int, rng: np.random.Generator) -> list[PlannedPair]:
-    """The first ``size`` pairs under ``strategy``."""
+def choose(pairs: Sequence[PlannedPair], strategy: str, size: int, rng: np.random.Generator, *,
+           dense: bool = False) -> list[PlannedPair]:
+    """The first ``size`` pairs under ``strategy``; ``dense``: whole families at a time (see
+    :func:`by_family`)."""
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
     if strategy == "random":
@@ -94,7 +101,41 @@ def choose(pairs: Sequence[PlannedPair], strategy: str, size: int, rng: np.rando
     else:
         ordered = sorted(pairs, key=lambda p: math.inf if p.reward_a is None or p.reward_b is None
                          else abs(p.reward_a - p.reward_b))
-    return list(ordered[:size])
+    return list((by_family(ordered) if dense else ordered)[:size])
+
+
+def by_family(ordered: Sequence[PlannedPair]) -> list[PlannedPair]:
+    """``ordered`` regrouped by family (a connected component of the pairs' graph: responses to one
+    family of near-identical prompts), families in the order of their first pair, each family's
+    pairs together in their own order. Taking the first ``size`` then labels a few families
+    through and through instead of a pair here and there: every response meets several rivals,
+    so Bradley-Terry strengths are comparable across a family (they are only ever comparable
+    within a connected component).
+
+    >>> pairs = [PlannedPair(a, b, "similar_prompts", 0.95, None, None, 0.0) for a, b in
+    ...          [(1, 2), (10, 11), (2, 3), (11, 12), (3, 1)]]
+    >>> [(p.turn_a, p.turn_b) for p in by_family(pairs)]
+    [(1, 2), (2, 3), (3, 1), (10, 11), (11, 12)]
+    """
+    parent: dict[tuple[str, int], tuple[str, int]] = {}
+
+    def find(node: tuple[str, int]) -> tuple[str, int]:
+        parent.setdefault(node, node)
+        while parent[node] != node:
+            parent[node] = parent[parent[node]]
+            node = parent[node]
+        return node
+
+    def sides(pair: PlannedPair) -> tuple[tuple[str, int], tuple[str, int]]:
+        return ("turn", pair.turn_a), ("turn", pair.turn_b) if pair.turn_b is not None else ("candidate", pair.turn_a)
+
+    for pair in ordered:
+        a, b = sides(pair)
+        parent[find(a)] = find(b)
+    families: dict[tuple[str, int], list[PlannedPair]] = {}
+    for pair in ordered:  # dicts keep insertion order: families by their first pair
+        families.setdefault(find(sides(pair)[0]), []).append(pair)
+    return [pair for family in families.values() for pair in family]
 
 
 def _finite(value: float | None) -> float:

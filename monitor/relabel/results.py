@@ -27,7 +27,8 @@ import numpy as np
 from monitor.analyze.state import SegmentState
 from monitor.relabel.audit import AuditPair, rm_accuracy
 from monitor.relabel.bradley_terry import Comparison, fit_strengths, style_effect
-from monitor.signals import response_signals
+from monitor.review.sampling import NO_MODE, Candidate, dominant_modes, signal_values
+from monitor.signals import SIGNAL_NAMES, response_signals
 
 #: Resamples of the reference accuracy's bootstrap interval.
 BOOTSTRAP = 200
@@ -53,6 +54,7 @@ class LabelledPair:
     a: Side
     b: Side
     preference: str  # A | B | tie
+    prompt: str = ""  # as shown (redacted)
 
 
 def cycle_results(labelled: Sequence[LabelledPair], states: Mapping[str, SegmentState], *,
@@ -63,6 +65,11 @@ def cycle_results(labelled: Sequence[LabelledPair], states: Mapping[str, Segment
         "labels": len(labelled),
         "rm_audit": rm_accuracy([AuditPair(p.segment, p.mode, p.a.reward, p.b.reward, p.preference)
                                  for p in labelled]),
+        # The same, per hacking mode that sets the pair's two answers apart: where the RM over-pays a
+        # feature, it loses to people on exactly the pairs that feature separates.
+        "rm_audit_by_separating_mode": rm_accuracy([
+            AuditPair(p.segment, mode, p.a.reward, p.b.reward, p.preference)
+            for p, mode in zip(labelled, separating_modes(labelled), strict=True)])["modes"],
         "reference_accuracy": reference_accuracy(states, segments, seed=seed),
         "bradley_terry": bradley_terry(labelled),
     }
@@ -168,6 +175,28 @@ def bradley_terry(labelled: Sequence[LabelledPair]) -> dict[str, Any]:
             "strengths": strengths, "style": style}
 
 
+def separating_modes(labelled: Sequence[LabelledPair]) -> list[str]:
+    """Per pair, the hacking mode that sets its two answers apart: each answer's dominant mode
+    among all the answers shown (its signals read from the text as shown, against their median
+    and spread); the pair's is the one mode only one answer has, ``shared`` when both have the
+    same, ``mixed`` when each has another."""
+    keys: dict[str, int] = {}
+    candidates: list[Candidate] = []
+    for pair in labelled:
+        for side in (pair.a, pair.b):
+            if side.key not in keys:
+                keys[side.key] = len(candidates)
+                signals = response_signals(pair.prompt, side.text)
+                candidates.append(Candidate(len(candidates), "", math.nan,
+                                            signal_values({n: getattr(signals, n) for n in SIGNAL_NAMES})))
+    modes = dominant_modes(candidates)
+    out = []
+    for pair in labelled:
+        a, b = modes[keys[pair.a.key]], modes[keys[pair.b.key]]
+        out.append("shared" if a == b else b if a == NO_MODE else a if b == NO_MODE else "mixed")
+    return out
+
+
 def preference_agreement(labels_by_item: Mapping[int, Sequence[str]]) -> dict[str, Any]:
     """Agreement of annotators on the pairs several labelled: the share of annotation pairs that
     agree, and Krippendorff's alpha (ordinal: A < tie < B)."""
@@ -202,4 +231,4 @@ def style_features(texts: Sequence[str]) -> np.ndarray:
 
 
 __all__ = ["LabelledPair", "Side", "bradley_terry", "concordance", "cycle_results", "preference_agreement",
-           "reference_accuracy"]
+           "reference_accuracy", "separating_modes"]
