@@ -254,10 +254,13 @@ def signals_evaluate(
 
 
 def _key_store():  # noqa: ANN202 - a sessionmaker of the migrated store, and its engine to dispose
+    return _migrated_store(_settings())
+
+
+def _migrated_store(settings: Settings):  # noqa: ANN202 - as _key_store, on these settings
     from monitor.service import prepare_database
     from monitor.store.db import make_engine, make_session_factory
 
-    settings = _settings()
     try:
         prepare_database(settings)
     except MonitorError as exc:
@@ -340,18 +343,11 @@ def _cycle_service() -> Iterator[CycleService]:
     """A CycleService on the migrated store, as the API builds it (segment scheme from the settings)."""
     from monitor.analyze.segments import SegmentScheme
     from monitor.relabel.cycles import CycleService
-    from monitor.service import prepare_database
-    from monitor.store.db import make_engine, make_session_factory
 
     settings = _settings()
+    sessions, engine = _migrated_store(settings)
     try:
-        prepare_database(settings)
-    except MonitorError as exc:
-        raise _fail(exc) from exc
-    engine = make_engine(settings.database_url)
-    try:
-        yield CycleService(make_session_factory(engine), SegmentScheme.from_settings(settings),
-                           max_size=settings.relabel_max_size)
+        yield CycleService(sessions, SegmentScheme.from_settings(settings), max_size=settings.relabel_max_size)
     finally:
         engine.dispose()
 

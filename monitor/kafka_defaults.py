@@ -26,3 +26,23 @@ def send_acknowledged(producer: KafkaProducer, topic: str, messages: Iterable[tu
             future.get(timeout=FLUSH_TIMEOUT_S)
     except KafkaError as exc:
         raise BrokerUnavailable(f"topic {topic!r} did not acknowledge: {exc}") from exc
+
+
+class AcknowledgedProducer:
+    """A producer of one topic that waits for every acknowledgement (acks=all): the base of the
+    publishers of flags and of relabeling cycles. Raises :class:`BrokerUnavailable` when Kafka
+    cannot be reached or does not acknowledge."""
+
+    def __init__(self, bootstrap_servers: list[str], topic: str, *, client_id: str, what: str) -> None:
+        self.topic = topic
+        try:
+            self._producer = KafkaProducer(bootstrap_servers=bootstrap_servers, client_id=client_id,
+                                           acks="all", retries=5, bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS)
+        except KafkaError as exc:
+            raise BrokerUnavailable(f"cannot reach Kafka for {what}: {exc}") from exc
+
+    def send(self, messages: Iterable[tuple[bytes | None, bytes]]) -> None:
+        send_acknowledged(self._producer, self.topic, messages)
+
+    def close(self) -> None:
+        self._producer.close(timeout=5)

@@ -9,12 +9,8 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 
-from kafka import KafkaProducer
-from kafka.errors import KafkaError
-
-from monitor.errors import BrokerUnavailable
 from monitor.events import FLAG_SCHEMA, FlagEvent, to_wire
-from monitor.kafka_defaults import BOOTSTRAP_TIMEOUT_MS, send_acknowledged
+from monitor.kafka_defaults import AcknowledgedProducer
 from monitor.store.models import Alert, utcnow
 
 _FLAG_NAMESPACE = uuid.UUID("4f1d7c4e-0d0b-4a55-9b7e-6d6f6e69746f")
@@ -40,25 +36,16 @@ def flag_event(alert: Alert, state: str | None = None) -> FlagEvent:
     })
 
 
-class FlagPublisher:
+class FlagPublisher(AcknowledgedProducer):
     def __init__(self, bootstrap_servers: list[str], topic: str) -> None:
-        self.topic = topic
-        try:
-            self._producer = KafkaProducer(bootstrap_servers=bootstrap_servers, client_id="monitor-flags",
-                                           acks="all", retries=5, bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS)
-        except KafkaError as exc:
-            raise BrokerUnavailable(f"cannot reach Kafka for the flags topic: {exc}") from exc
+        super().__init__(bootstrap_servers, topic, client_id="monitor-flags", what="the flags topic")
 
     def publish(self, alerts: Sequence[Alert]) -> None:
         """Send each alert's state change and wait for every acknowledgement; raise :class:`BrokerUnavailable`.
 
         An alert never published that is already resolved (opened and closed between two runs)
         gets its ``firing`` event first: consumers see every episode open before it closes."""
-        send_acknowledged(self._producer, self.topic, (
-            (alert.segment.encode(), to_wire(flag_event(alert, state)))
-            for alert in alerts
-            for state in (("firing", "resolved") if alert.published_state is None and alert.state == "resolved"
-                          else (alert.state,))))
-
-    def close(self) -> None:
-        self._producer.close(timeout=5)
+        self.send((alert.segment.encode(), to_wire(flag_event(alert, state)))
+                  for alert in alerts
+                  for state in (("firing", "resolved") if alert.published_state is None and alert.state == "resolved"
+                                else (alert.state,)))

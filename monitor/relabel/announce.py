@@ -27,15 +27,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
-from kafka import KafkaProducer
-from kafka.errors import KafkaError
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from monitor.config import Settings
 from monitor.errors import BrokerUnavailable
 from monitor.events import RELABEL_CYCLE_SCHEMA, RelabelCycleEvent, to_wire
-from monitor.kafka_defaults import BOOTSTRAP_TIMEOUT_MS, send_acknowledged
+from monitor.kafka_defaults import AcknowledgedProducer
 from monitor.relabel.cycles import ANNOUNCED, cycle_view
 from monitor.store.models import RelabelCycle, utcnow
 
@@ -72,22 +70,14 @@ def signature(secret: str, timestamp: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
 
 
-class CyclePublisher:
-    """The relabel topic's producer (acks=all)."""
+class CyclePublisher(AcknowledgedProducer):
+    """The relabel topic's producer (key = cycle id)."""
 
     def __init__(self, bootstrap_servers: list[str], topic: str) -> None:
-        self.topic = topic
-        try:
-            self._producer = KafkaProducer(bootstrap_servers=bootstrap_servers, client_id="monitor-relabel",
-                                           acks="all", retries=5, bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS)
-        except KafkaError as exc:
-            raise BrokerUnavailable(f"cannot reach Kafka for the relabel topic: {exc}") from exc
+        super().__init__(bootstrap_servers, topic, client_id="monitor-relabel", what="the relabel topic")
 
     def publish(self, events: Sequence[RelabelCycleEvent]) -> None:
-        send_acknowledged(self._producer, self.topic, ((str(e.cycle_id).encode(), to_wire(e)) for e in events))
-
-    def close(self) -> None:
-        self._producer.close(timeout=5)
+        self.send((str(e.cycle_id).encode(), to_wire(e)) for e in events)
 
 
 @dataclass

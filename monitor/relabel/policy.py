@@ -46,10 +46,11 @@ class AutoTrigger:
         now = self.clock()
         interval = timedelta(hours=self.settings.relabel_auto_interval_hours)
         with self.sessions() as session:
-            alerts = [alert for alert in session.scalars(
-                select(Alert).where(Alert.state == "firing", Alert.mode.in_(MODES)).order_by(Alert.started_at))
-                if not session.scalar(select(func.count()).select_from(RelabelCycle)
-                                      .where(RelabelCycle.alert_id == alert.id))]
+            firing = list(session.scalars(
+                select(Alert).where(Alert.state == "firing", Alert.mode.in_(MODES)).order_by(Alert.started_at)))
+            linked = set(session.scalars(select(RelabelCycle.alert_id).where(
+                RelabelCycle.alert_id.in_([alert.id for alert in firing]))))
+            alerts = [alert for alert in firing if alert.id not in linked]
             opened_today = session.scalar(select(func.count()).select_from(RelabelCycle).where(
                 RelabelCycle.created_by == ACTOR, RelabelCycle.created_at > now - timedelta(days=1))) or 0
             recent = {(segment, c.request.get("mode")) for c in session.scalars(
