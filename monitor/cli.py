@@ -363,8 +363,14 @@ def relabel_start(
     segment: Annotated[list[str] | None, typer.Option(help="A segment key (investments/*/*) or a bare domain; "
                                                       "repeat for several.")] = None,
     alert_id: Annotated[int | None, typer.Option(help="An alert: its segment and mode make the slice.")] = None,
-    mode: Annotated[str | None, typer.Option(help="Only turns whose dominant hacking mode this is.")] = None,
+    mode: Annotated[str | None, typer.Option(help="A hacking mode: pairs contrast it, beside control pairs.")] = None,
     strategy: Annotated[str, typer.Option(help="divergence, uncertainty or random.")] = "divergence",
+    design: Annotated[str | None, typer.Option(help="spread (default) or dense (families of rivals).")] = None,
+    labels_per_pair: Annotated[int | None, typer.Option(help="Annotators per pair (1-5, default 1).")] = None,
+    pairs_per_response: Annotated[int | None, typer.Option(help="Pairs per response (spread) or rivals (dense), "
+                                                           "1-8, default 2.")] = None,
+    control_share: Annotated[float | None, typer.Option(help="With a mode: share of control pairs (0-0.5, "
+                                                        "default 0.25).")] = None,
     since: Annotated[str | None, typer.Option(help="Event time from (ISO 8601 with a zone).")] = None,
     until: Annotated[str | None, typer.Option(help="Event time to (ISO 8601 with a zone).")] = None,
     deadline: Annotated[str | None, typer.Option(help="Stop collecting labels then (ISO 8601 with a zone).")] = None,
@@ -377,7 +383,8 @@ def relabel_start(
     from monitor.relabel.cycles import CycleRequest
 
     given = {"segments": segment or None, "alert_id": alert_id, "mode": mode, "size": size, "strategy": strategy,
-             "since": since, "until": until, "deadline": deadline}
+             "since": since, "until": until, "deadline": deadline, "design": design, "labels_per_pair": labels_per_pair,
+             "pairs_per_response": pairs_per_response, "control_share": control_share}
     try:
         request = CycleRequest.model_validate({k: v for k, v in given.items() if v is not None})
     except ValidationError as exc:  # named by option: --size, --segment, --alert-id, ...
@@ -416,6 +423,17 @@ def relabel_show(cycle_id: Annotated[int, typer.Argument(help="The cycle's id.")
     with _cycle_service() as service:
         try:
             cycle = service.get(cycle_id)
+        except MonitorError as exc:
+            raise _fail(exc) from exc
+    typer.echo(json.dumps(cycle, indent=2))
+
+
+@relabel_app.command("cancel")
+def relabel_cancel(cycle_id: Annotated[int, typer.Argument(help="The cycle's id.")]) -> None:
+    """Stop a collecting cycle: its unlabelled pairs leave the queue; prints it as JSON."""
+    with _cycle_service() as service:
+        try:
+            cycle = service.cancel(cycle_id, "cli")
         except MonitorError as exc:
             raise _fail(exc) from exc
     typer.echo(json.dumps(cycle, indent=2))

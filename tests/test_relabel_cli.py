@@ -45,10 +45,20 @@ def test_start_list_show_and_export(store, tmp_path) -> None:
     assert cycle["pairs_formed_by"] == {"candidates": 3}
     again = run(*START, "--idempotency-key", "cli-1", database_url=url)
     assert again.returncode == 0 and json.loads(again.stdout)["id"] == cycle["id"]
+    tuned = run(*START, "--design", "dense", "--labels-per-pair", "2", "--pairs-per-response", "4",
+                "--control-share", "0.1", "--idempotency-key", "cli-2", database_url=url)
+    assert tuned.returncode == 0, tuned.stderr
+    request = json.loads(tuned.stdout)["request"]
+    assert (request["design"], request["labels_per_pair"], request["pairs_per_response"], request["control_share"]) \
+        == ("dense", 2, 4, 0.1)
+    cancelled = run("relabel", "cancel", str(json.loads(tuned.stdout)["id"]), database_url=url)
+    assert cancelled.returncode == 0 and json.loads(cancelled.stdout)["status"] == "cancelled"
+    twice = run("relabel", "cancel", str(json.loads(tuned.stdout)["id"]), database_url=url)
+    assert twice.returncode == 1 and "only a collecting cycle can be cancelled" in twice.stderr
 
     listed = run("relabel", "list", database_url=url)
     assert listed.returncode == 0
-    assert [line.split()[:3] for line in listed.stdout.splitlines()[1:]] == [[str(cycle["id"]), "collecting", "0/3"]]
+    assert [line.split()[:3] for line in listed.stdout.splitlines()[1:]][-1] == [str(cycle["id"]), "collecting", "0/3"]
     shown = run("relabel", "show", str(cycle["id"]), database_url=url)
     assert shown.returncode == 0 and json.loads(shown.stdout)["id"] == cycle["id"]
 
@@ -87,6 +97,10 @@ def test_start_list_show_and_export(store, tmp_path) -> None:
     (("relabel", "start", "--segment", "payments", "--size", "3", "--since", "2026-11-29T09:00:00"), 2,
      "--since: Input should have timezone info"),
     (("relabel", "export", "1", "--format", "csv"), 2, "--format must be one of jsonl, parquet"),
+    (("relabel", "start", "--segment", "payments", "--size", "3", "--control-share", "0.9"), 2,
+     "--control-share: Input should be less than or equal to 0.5"),
+    (("relabel", "start", "--segment", "payments", "--size", "3", "--design", "tight"), 2,
+     "--design: Input should be 'spread' or 'dense'"),
     (("relabel", "show", "999"), 1, "relabel cycle 999 not found"),
 ])
 def test_bad_input_exits_with_a_one_line_error(store, args: tuple[str, ...], status: int, why: str) -> None:

@@ -1,10 +1,12 @@
 """Relabeling cycles over real HTTP on SQLite and PostgreSQL: the minimal body, idempotent retries
 (also concurrent ones), pairs from near-identical prompts (real MiniLM) and from candidate
-responses, pairwise labels through the review queue, progress, cancel, and bad input."""
+responses, pairs that contrast a mode beside control pairs, pairwise labels through the review
+queue, progress, cancel, and bad input."""
 
 from __future__ import annotations
 
 import threading
+from collections import Counter
 
 import httpx
 import pytest
@@ -16,10 +18,12 @@ from monitor.api.context import AppContext
 from monitor.api.server import ApiServer
 from monitor.health import HealthState
 from monitor.ingest.records import KafkaRecord
+from monitor.relabel.contrast import contrast
 from monitor.scoring.base import ProducerRewardScorer
+from monitor.signals import SIGNAL_NAMES, response_signals
 from monitor.sim.traffic import TrafficSimulator
 from monitor.store.db import make_engine, make_session_factory
-from monitor.store.models import RelabelCycle, RelabelPair, ReviewItem
+from monitor.store.models import RelabelCycle, RelabelPair, ReviewItem, Turn
 from tests.analysis_data import write, write_records
 from tests.factories import conversation, wire
 from tests.helpers import api_key
@@ -166,3 +170,31 @@ def test_concurrent_retries_with_one_key_open_one_cycle(relabel, migrated_url: s
         assert session.scalar(select(func.count()).select_from(RelabelCycle)
                               .where(RelabelCycle.idempotency_key == "same-key")) == 1
         assert session.scalar(select(func.count()).select_from(RelabelPair)) == 13  # 1 + 12, none twice
+
+
+def test_a_cycle_with_a_mode_pairs_answers_that_contrast_it_and_keeps_control_pairs(relabel, migrated_url: str) -> None:
+    url, sessions = relabel
+    body = {"segments": ["investments"], "size": 16, "mode": "verbosity", "design": "dense", "pairs_per_response": 4,
+            "control_share": 0.25}
+    response = httpx.post(f"{url}/v1/relabel-cycles", json=body, headers=api_key(migrated_url, "admin"), timeout=300)
+    assert response.status_code == 201, response.text
+    cycle = response.json()
+    assert cycle["progress"]["pairs"] == 16 and cycle["request"]["control_share"] == 0.25
+    with sessions() as session:
+        rows = list(session.execute(select(RelabelPair, ReviewItem.mode, ReviewItem.priority)
+                                    .join(ReviewItem, ReviewItem.id == RelabelPair.item_id)))
+        # Not derived yet (no analyzer ran): the cycle read them from the text, and so does the test.
+        signals = {t.id: tuple(getattr(response_signals(t.prompt, t.response, domain=t.domain), n)
+                               for n in SIGNAL_NAMES) for t in session.scalars(select(Turn))}
+    contrasting = [(p, prio) for p, mode, prio in rows if mode == "verbosity"]
+    control = [(p, prio) for p, mode, prio in rows if mode is None]
+    assert len(contrasting) == 12 and len(control) == 4
+    # One answer clearly longer than the other in every contrast pair, in no control pair.
+    assert all(contrast(signals[p.turn_a], signals[p.turn_b], "verbosity") != 0 for p, _ in contrasting)
+    assert all(contrast(signals[p.turn_a], signals[p.turn_b], "verbosity") == 0 for p, _ in control)
+    # Families: a response of a contrast pair meets several rivals.
+    seen = Counter(t for p, _ in contrasting for t in (p.turn_a, p.turn_b))
+    assert max(seen.values()) >= 3
+    # Control pairs are spread through the queue, not left to the end.
+    by_priority = sorted(rows, key=lambda row: -row[2])
+    assert any(mode is None for _, mode, _ in by_priority[:8])

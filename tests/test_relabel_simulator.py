@@ -1,9 +1,11 @@
 """End to end on the simulator: S1 (length hacking) fires divergence alerts; a relabeling cycle
-opens on the alert's segment through the API and one per alert by policy; simulated annotators,
-who see each answer's hidden quality through noise, label the pairs through the review API; the
-cycle completes, its Bradley-Terry strengths rank the answers like their hidden quality (within
-the comparison graph's components), its RM audit is broken down by the mode that sets each pair
-apart, and its export loads with ``datasets``, the chosen answer the better one. One store
+opens on the verbosity alert through the API (dense families of answers that contrast verbosity,
+and control pairs that do not) and one per alert by policy; simulated annotators, who see each
+answer's hidden quality through noise, label the pairs through the review API; the cycle
+completes, its Bradley-Terry strengths rank the answers like their hidden quality (Spearman at
+least 0.9 within families), its RM audit shows the RM far less accurate on the pairs verbosity
+sets apart than on the control pairs, and its export loads with ``datasets``, the chosen answer
+the better one. One store
 (SQLite) for the module: the analysis takes half a minute."""
 
 from __future__ import annotations
@@ -135,7 +137,7 @@ def test_a_cycle_on_a_hacked_segment_recovers_the_truth_and_audits_the_rm(s1, tm
     with httpx.Client(base_url=url, headers=admin, timeout=300) as http:
         alerts = http.get("/v1/alerts", params={"state": "firing"}).json()["alerts"]
         hacked = next(a for a in alerts if a["mode"] == "verbosity" and a["segment"].startswith("investments"))
-        body = {"segments": [hacked["segment"]], "since": (DEFAULT_START + timedelta(seconds=ONSET_S)).isoformat(),
+        body = {"alert_id": hacked["id"], "since": (DEFAULT_START + timedelta(seconds=ONSET_S)).isoformat(),
                 "size": 150, "strategy": "divergence", "labels_per_pair": ANNOTATORS, "pairs_per_response": 8,
                 "design": "dense"}
         created = http.post("/v1/relabel-cycles", json=body)
@@ -144,6 +146,8 @@ def test_a_cycle_on_a_hacked_segment_recovers_the_truth_and_audits_the_rm(s1, tm
         assert created.json()["progress"]["pairs"] == 150
         assert label_through_the_queue(url, sessions, quality) == 150 * ANNOTATORS
         cycle = http.get(f"/v1/relabel-cycles/{cycle_id}").json()
+        page = http.post("/login", data={"key": admin["Authorization"].removeprefix("Bearer "),
+                                         "next": f"/cycles/{cycle_id}"}, follow_redirects=True)
         exported = http.get(f"/v1/relabel-cycles/{cycle_id}/export", params={"format": "jsonl"})
     assert cycle["status"] == "complete" and cycle["progress"]["labels"] == 150 * ANNOTATORS
     results = cycle["results"]
@@ -152,14 +156,23 @@ def test_a_cycle_on_a_hacked_segment_recovers_the_truth_and_audits_the_rm(s1, tm
     with sessions() as session:
         sides = [(p.a.key, p.b.key) for _, p in labelled_pairs(session, cycle_id)]
     rho, gamma = within_families(bt["strengths"], sides, truth)
-    print(f"BT: {bt['responses']} answers, {bt['comparisons']} comparisons, {bt['components']} components, "
+    print(f"BT: {bt['responses']} answers, {bt['comparisons']} comparisons, {bt['components']} families, "
           f"within families Spearman {rho:.3f}, gamma {gamma:.3f}; style {bt['style']}")
-    assert rho >= 0.6 and gamma >= 0.5, (rho, gamma)
-    # The RM against people, on the pairs length sets apart versus the rest.
-    by_mode = results["rm_audit_by_separating_mode"]
-    print("RM accuracy by separating mode:", {m: (f["accuracy"], f["pairs"]) for m, f in by_mode.items()})
-    assert sum(f["pairs"] + f["ties"] for f in by_mode.values()) == 150 * ANNOTATORS
-    assert results["rm_audit"]["overall"]["pairs"] == sum(f["pairs"] for f in by_mode.values())
+    assert rho >= 0.9 and gamma >= 0.8, (rho, gamma)
+    # The RM against people: on the pairs verbosity sets apart it does much worse than on the
+    # control pairs of the same slice, labelled by the same annotators.
+    arms = results["rm_audit"]["modes"]
+    effect = results["rm_mode_effect"]
+    print("RM audit by arm:", {m: (round(f["accuracy"], 3), f["pairs"], [round(b, 3) for b in f["ci95"]])
+                               for m, f in arms.items()}, "difference", round(effect["difference"], 3),
+          [round(b, 3) for b in effect["ci95"]], "reference (users)", results["reference_accuracy"]["segments"])
+    by_contrast = results["rm_audit_by_contrast"]
+    print("by contrast:", {m: (round(f["accuracy"], 3), f["pairs"]) for m, f in by_contrast.items()})
+    assert set(arms) == {"verbosity", "none"} and arms["none"]["pairs"] >= 0.2 * 150 * ANNOTATORS * 0.8
+    assert effect["mode"] == "verbosity" and effect["ci95"][1] < 0 and effect["difference"] < -0.15
+    assert arms["verbosity"]["ci95"][0] < arms["verbosity"]["accuracy"] < arms["verbosity"]["ci95"][1]
+    assert by_contrast["verbosity"]["pairs"] >= arms["verbosity"]["pairs"]
+    assert page.status_code == 200 and 'id="mode-effect"' in page.text and "control pairs" in page.text
     assert results["reference_accuracy"]["segments"][hacked["segment"]]["pairs"] > 0
     assert bt["style"]["features"] == ["log_length_tokens", "markdown_density"]
     # The export: one row per pair with a clear majority, the chosen answer the better one.
@@ -179,14 +192,19 @@ def test_a_cycle_on_a_hacked_segment_recovers_the_truth_and_audits_the_rm(s1, tm
 
 def test_the_policy_opens_a_cycle_per_alert_and_the_alerts_link_them(s1) -> None:
     settings, sessions, url, _ = s1
+    with httpx.Client(base_url=url, headers=api_key(settings.database_url, "viewer"), timeout=60) as http:
+        before = http.get("/v1/alerts", params={"state": "firing"}).json()["alerts"]
     policy = settings.model_copy(update={"relabel_auto_enabled": True, "relabel_auto_size": 20})
     kept = CycleKeeper(policy, sessions, SegmentScheme.from_settings(policy)).run(publish=False)
     with httpx.Client(base_url=url, headers=api_key(settings.database_url, "viewer"), timeout=60) as http:
         alerts = http.get("/v1/alerts", params={"state": "firing"}).json()["alerts"]
-    assert len(kept.opened) == len(alerts) >= 2
+    # The other test's cycle, opened on an alert, already covers it: the policy opens the rest.
+    uncovered = [a for a in before if not a["relabel_cycles"]]
+    assert len(alerts) >= 2 and len(kept.opened) == len(uncovered) >= 1
     with sessions() as session:
-        cycles = {c.id: c for c in session.scalars(select(RelabelCycle).where(RelabelCycle.created_by == "policy"))}
+        cycles = {c.id: c for c in session.scalars(select(RelabelCycle))}
     for alert in alerts:
-        linked = [c for c in alert["relabel_cycles"] if c in cycles]
-        assert len(linked) == 1 and cycles[linked[0]].request["mode"] == alert["mode"]
-        assert cycles[linked[0]].status in ("collecting", "insufficient")
+        assert len(alert["relabel_cycles"]) == 1
+        cycle = cycles[alert["relabel_cycles"][0]]
+        assert cycle.request["mode"] == alert["mode"]
+        assert cycle.created_by == "policy" or alert["id"] not in {a["id"] for a in uncovered}

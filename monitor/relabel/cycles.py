@@ -1,8 +1,10 @@
 """Relabeling cycles: open one on a slice, form its pairs, queue them as pairwise review tasks,
 follow its progress, cancel it.
 
-A cycle's slice is the scored turns of its segments (and mode, time range, alert) of the last
-:data:`MAX_SLICE` turns in range. Its pairs (:mod:`monitor.relabel.pairs`) become review items
+A cycle's slice is the scored turns of its segments (or its alert's segment) and time range, the
+last :data:`MAX_SLICE` in range. With a mode (given, or its alert's), its pairs contrast the mode:
+one answer clearly more verbose (flattering, formatted, ...) than the other
+(:mod:`monitor.relabel.contrast`). Its pairs (:mod:`monitor.relabel.pairs`) become review items
 (arm ``relabel``, task key ``cycle:<id>:pair:<n>``, redacted like every item) that annotators
 label through the queue with ``preference`` A / B / tie. A slice with fewer pairs than asked
 gets what it has; one with none is ``insufficient`` (its status says why) instead of waiting for
@@ -19,7 +21,6 @@ from __future__ import annotations
 import builtins
 import hashlib
 import json
-import math
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
@@ -35,12 +36,21 @@ from monitor.analyze.segments import SegmentScheme
 from monitor.analyze.state import SegmentState
 from monitor.errors import Conflict, InvalidInput, NotFound
 from monitor.redaction import redact_many
-from monitor.relabel.audit import AuditPair, rm_accuracy
-from monitor.relabel.pairs import PER_TURN, SIMILAR, STRATEGIES, PlannedPair, SliceTurn, choose, form_pairs
-from monitor.relabel.results import LabelledPair, Side, cycle_results, preference_agreement
+from monitor.relabel.audit import rm_accuracy
+from monitor.relabel.pairs import (
+    PER_TURN,
+    SIMILAR,
+    STRATEGIES,
+    PlannedPair,
+    SliceTurn,
+    choose,
+    dense_pairs,
+    form_pairs,
+)
+from monitor.relabel.results import LabelledPair, Side, audit_pairs, cycle_results, preference_agreement
 from monitor.review.queue import ab_sides
-from monitor.review.sampling import Candidate, dominant_modes, signal_values
-from monitor.signals import MODES, SIGNAL_NAMES
+from monitor.review.sampling import signal_values
+from monitor.signals import MODES, SIGNAL_NAMES, response_signals
 from monitor.store import review as review_store
 from monitor.store.analysis import load_states
 from monitor.store.models import Alert, RelabelCycle, RelabelPair, ReviewAnnotation, ReviewItem, Turn, utcnow
@@ -52,6 +62,8 @@ MAX_SIZE = 2000
 #: Default time range: the last day before the newest stored turn.
 DEFAULT_RANGE = timedelta(days=1)
 PRIORITY = 3.0  # ahead of sampled items: an operator asked for these
+#: Default share of control pairs in a cycle with a mode.
+CONTROL_SHARE = 0.25
 #: A cycle is collecting until every pair is labelled (complete) or its deadline passes (expired);
 #: cancelled by an operator; insufficient when its slice formed no pair.
 COLLECTING, COMPLETE, EXPIRED, CANCELLED, INSUFFICIENT = "collecting", "complete", "expired", "cancelled", \
@@ -77,13 +89,18 @@ class CycleRequest(BaseModel):
     deadline: AwareDatetime | None = None
     #: Annotators per pair (several: agreement, and Bradley-Terry sees each pair more than once).
     labels_per_pair: int = Field(default=1, ge=1, le=5)
-    #: Pairs a response from similar prompts may join (more: a denser comparison graph).
+    #: Pairs a response from similar prompts may join (``spread``), the rivals each response of a
+    #: family meets (``dense``): more, a denser comparison graph.
     pairs_per_response: int = Field(default=PER_TURN, ge=1, le=8)
     #: Prompts at least this similar (MiniLM cosine) count as near-identical.
     min_similarity: float = Field(default=SIMILAR, ge=0.5, le=1.0)
-    #: ``spread``: pairs one by one in the strategy's order; ``dense``: whole prompt families in that
-    #: order (Bradley-Terry strengths comparable across each family; see monitor.relabel.pairs).
+    #: ``spread``: pairs one by one in the strategy's order; ``dense``: families of responses to
+    #: near-identical prompts, every two compared (Bradley-Terry strengths precise and comparable
+    #: across each family; see monitor.relabel.pairs).
     design: Literal["spread", "dense"] = "spread"
+    #: With a mode: the share of pairs that do not contrast it (control pairs, picked at random from
+    #: the same slice), so the RM audit can hold its accuracy on the mode against the rest.
+    control_share: float = Field(default=CONTROL_SHARE, ge=0.0, le=0.5)
 
 
 def digest(request: CycleRequest) -> str:
@@ -111,8 +128,7 @@ def cycle_view(session: Session, cycle: RelabelCycle) -> dict[str, Any]:
         "progress": {"pairs": cycle.pairs, "labelled": sum(state == review_store.COMPLETE for _, state in items),
                      "labels": len(labelled)},
         "pairs_formed_by": formed, "preferences": preferences,
-        "rm_audit": rm_accuracy([AuditPair(p.segment, p.mode, p.a.reward, p.b.reward, p.preference)
-                                 for _, p in labelled]),
+        "rm_audit": rm_accuracy(audit_pairs([p for _, p in labelled])),
         "agreement": preference_agreement(by_item),
         "results": cycle.results,
         "announced": {"event_published_at": _iso(cycle.event_published_at),
@@ -142,7 +158,7 @@ def labelled_pairs(session: Session, cycle_id: int) -> list[tuple[int, LabelledP
             key = f"candidate:{turn_a}:{source.split(':', 1)[1]}" if source.startswith("candidate:") else source
             reward = rewards[source] if source in rewards else reward_b
             sides.append(Side(key, str(side.get("response", "")), reward))
-        out.append((item_id, LabelledPair(segment, mode, sides[0], sides[1], preference, prompt or "")))
+        out.append((item_id, LabelledPair(segment, mode, sides[0], sides[1], preference, prompt or "", item_id)))
     return out
 
 
@@ -163,7 +179,7 @@ def finish(session: Session, cycle: RelabelCycle, status: str, detail: str | Non
         segments = {pair.segment for pair in labelled} | set(cycle.request.get("segments") or [])
         states = {name: SegmentState.from_json(value) for name, value in load_states(session).items()
                   if name in segments}
-        cycle.results = cycle_results(labelled, states, seed=cycle.id)
+        cycle.results = cycle_results(labelled, states, mode=cycle.request.get("mode"), seed=cycle.id)
     session.flush()
 
 
@@ -175,7 +191,7 @@ class CycleService:
         self.scheme = scheme
         self.max_size = max_size
         self._embed = embed
-        self.rng = np.random.default_rng(seed)
+        self.seed = seed
         self.clock = clock
 
     def embed(self, texts: list[str]) -> np.ndarray:
@@ -222,27 +238,60 @@ class CycleService:
         now = self.clock()
         if request.deadline is not None and request.deadline <= now:
             raise InvalidInput(f"the deadline {request.deadline.isoformat()} has passed")
-        turns = self._slice(session, request, segments, mode)
+        turns = self._slice(session, request, segments)
         if not turns:
             raise InvalidInput(f"the slice holds no scored turns (segments {segments}, mode {mode or 'any'}); "
                                f"widen the time range or pick another segment")
-        planned = choose(form_pairs([_slice_turn(t) for t in turns], self.embed, per_turn=request.pairs_per_response,
-                                    similar=request.min_similarity),
-                         request.strategy, request.size, self.rng, dense=request.design == "dense")
+        # Random picks reproducible: from the service's seed, else from the request and the cycles before it.
+        before = session.scalar(select(func.max(RelabelCycle.id))) or 0
+        rng = np.random.default_rng(self.seed if self.seed is not None else [int(wanted[:15], 16), before])
+        planned, control = self._plan(request, [_slice_turn(t) for t in turns], mode, rng)
         cycle = RelabelCycle(idempotency_key=key, request_digest=wanted,
                              request={**request.model_dump(mode="json"), "segments": segments, "mode": mode},
                              status=COLLECTING if planned else INSUFFICIENT, pairs=len(planned),
                              alert_id=request.alert_id, created_by=actor, created_at=now, updated_at=now,
                              deadline=request.deadline, webhook_attempts=0)
         if not planned:
-            cycle.detail, cycle.finished_at = (f"the slice's {len(turns)} turns form no pair: no event carried "
-                                               f"alternative responses and no two prompts are near-identical"), now
+            why = (f"no two answers to near-identical prompts contrast {mode} (one clearly more {mode} than the "
+                   f"other)" if mode else "no event carried alternative responses and no two prompts are "
+                                          "near-identical")
+            cycle.detail, cycle.finished_at = f"the slice's {len(turns)} turns form no pair: {why}", now
         elif len(planned) < request.size:
             cycle.detail = f"the slice forms {len(planned)} pairs, fewer than the {request.size} asked for"
         session.add(cycle)
         session.flush()
-        self._queue(session, cycle, planned, {t.id: t for t in turns}, now)
+        self._queue(session, cycle, planned, {t.id: t for t in turns}, now, control)
         return cycle_view(session, cycle)
+
+    def _plan(self, request: CycleRequest, turns: Sequence[SliceTurn], mode: str | None,
+              rng: np.random.Generator) -> tuple[builtins.list[PlannedPair], int]:
+        """The cycle's pairs, and how many of them (the last) are control pairs."""
+        cache: dict[str, np.ndarray] = {}
+
+        def embed(texts: builtins.list[str]) -> np.ndarray:  # each distinct prompt embedded once
+            missing = builtins.list(dict.fromkeys(t for t in texts if t not in cache))
+            if missing:
+                cache.update(zip(missing, np.asarray(self.embed(missing), dtype=float), strict=True))
+            return np.array([cache[t] for t in texts]).reshape(len(texts), -1)
+
+        def pick(strategy: str, size: int, contrasting: bool) -> builtins.list[PlannedPair]:
+            if size <= 0:
+                return []
+            picked: builtins.list[PlannedPair] = []
+            if request.design == "dense":
+                picked = dense_pairs(turns, embed, strategy, size, rng, rivals=request.pairs_per_response,
+                                     similar=request.min_similarity, mode=mode, contrasting=contrasting)
+            if len(picked) < size:  # spread, or what families could not fill (candidate pairs among them)
+                taken = {(p.turn_a, p.turn_b) for p in picked}
+                rest = [p for p in form_pairs(turns, embed, per_turn=request.pairs_per_response,
+                                              similar=request.min_similarity, mode=mode, contrasting=contrasting)
+                        if (p.turn_a, p.turn_b) not in taken and (p.turn_b, p.turn_a) not in taken]
+                picked += choose(rest, strategy, size - len(picked), rng)
+            return picked
+
+        wanted = round(request.size * request.control_share) if mode is not None and request.size > 1 else 0
+        control = pick("random", wanted, contrasting=False)
+        return pick(request.strategy, request.size - len(control), contrasting=True) + control, len(control)
 
     def _slice_of(self, session: Session, request: CycleRequest) -> tuple[list[str], str | None]:
         known = self.scheme.all_keys()
@@ -270,7 +319,7 @@ class CycleService:
             raise InvalidInput("since must be before until")
         return segments, mode
 
-    def _slice(self, session: Session, request: CycleRequest, segments: Sequence[str], mode: str | None) -> list[Turn]:
+    def _slice(self, session: Session, request: CycleRequest, segments: Sequence[str]) -> list[Turn]:
         until = request.until or session.scalar(select(func.max(Turn.ts)))
         if until is None:
             return []
@@ -278,15 +327,11 @@ class CycleService:
         query = (select(Turn).where(Turn.ts >= since, Turn.ts <= until, Turn.score.is_not(None))
                  .order_by(Turn.ts.desc()).limit(MAX_SLICE * 4))
         turns = [t for t in session.scalars(query) if self.scheme.key(t.domain, t.model_version, t.locale) in segments]
-        if mode is not None:
-            modes = dominant_modes([Candidate(t.id, t.domain, math.nan,
-                                              signal_values({n: getattr(t, f"sig_{n}") for n in SIGNAL_NAMES}))
-                                    for t in turns])
-            turns = [t for t, m in zip(turns, modes, strict=True) if m == mode]
         return turns[:MAX_SLICE]
 
     def _queue(self, session: Session, cycle: RelabelCycle, planned: Sequence[PlannedPair], turns: dict[int, Turn],
-               now: datetime) -> None:
+               now: datetime, control: int = 0) -> None:
+        """Queue ``planned`` as review items; the last ``control`` are control pairs (no mode)."""
         texts: list[str] = []
         for pair in planned:
             a = turns[pair.turn_a]
@@ -303,8 +348,9 @@ class CycleService:
                 "turn_id": a.id, "task_key": f"cycle:{cycle.id}:pair:{number}", "cycle_id": cycle.id,
                 "pair_turn_id": pair.turn_b, "event_id": str(a.event_id), "conversation_id": a.conversation_id,
                 "turn": a.turn, "turn_ts": a.ts, "segment": self.scheme.key(a.domain, a.model_version, a.locale),
-                "domain": a.domain, "mode": cycle.request.get("mode"), "arm": "relabel", "inclusion_probability": 1.0,
-                "priority": PRIORITY - number / max(len(planned), 1), "alert_id": cycle.alert_id,
+                "domain": a.domain, "mode": None if number >= len(planned) - control else cycle.request.get("mode"),
+                "arm": "relabel", "inclusion_probability": 1.0,
+                "priority": PRIORITY - _position(number, len(planned) - control, control), "alert_id": cycle.alert_id,
                 "divergence": a.divergence, "reward": a.score, "rm_prediction": None, "reference_satisfaction": None,
                 "context": [], "prompt": prompt, "response": served,
                 "candidates": sides,
@@ -374,10 +420,29 @@ class CycleService:
             return cycle_view(session, cycle)
 
 
+def _position(number: int, contrast: int, control: int) -> float:
+    """Where pair ``number`` comes in the queue, in [0, 1): the contrast pairs in their order, the
+    control pairs spread evenly among them, so a cycle cut short by its deadline has both."""
+    if number < contrast:
+        return number / max(contrast, 1)
+    return (number - contrast + 0.5) / control
+
+
 def _slice_turn(turn: Turn) -> SliceTurn:
+    """A turn as pairing sees it; signals not derived yet (a turn just ingested) are read here from
+    the phrase lists, which give the length and markdown signals exactly."""
     candidates = turn.candidates or []
-    return SliceTurn(turn.id, turn.prompt, turn.response, turn.score, turn.divergence,
-                     candidates[0] if candidates else None)
+    rival = candidates[0] if candidates else None
+    signals = signal_values({name: getattr(turn, f"sig_{name}") for name in SIGNAL_NAMES})
+    if turn.sig_length_tokens is None:
+        signals = _signals(turn.prompt, turn.response, turn.domain)
+    return SliceTurn(turn.id, turn.prompt, turn.response, turn.score, turn.divergence, rival, signals,
+                     _signals(turn.prompt, str(rival.get("content", "")), turn.domain) if rival is not None else ())
+
+
+def _signals(prompt: str, response: str, domain: str) -> tuple[float, ...]:
+    found = response_signals(prompt, response, domain=domain)
+    return signal_values({name: getattr(found, name) for name in SIGNAL_NAMES})
 
 
 __all__ = ["ANNOUNCED", "COLLECTING", "COMPLETE", "EXPIRED", "MAX_SIZE", "STRATEGIES", "CycleRequest",

@@ -6,6 +6,10 @@
   cosine similarity at least :data:`SIMILAR`) and whose responses are not near-duplicates of each
   other; each turn in at most :data:`PER_TURN` pairs, the most similar prompts first.
 
+With a ``mode``, only pairs that contrast it (:mod:`monitor.relabel.contrast`: one answer carries
+clearly more of it) are formed: the cycle then asks people whether what the RM pays for is worth it;
+``contrasting=False`` forms the pairs that do not, the control pairs the RM audit holds them against.
+
 Strategies order the pairs; a cycle labels the first ``size``:
 
 * ``divergence``: highest disagreement first: the pair's summed per-sample divergence (how much
@@ -14,20 +18,28 @@ Strategies order the pairs; a cycle labels the first ``size``:
   there, so a human label teaches it most);
 * ``random``: uniform.
 
-A cycle's ``design`` says how the first ``size`` are taken: ``spread`` (pair by pair in that
-order: the most pairs the strategy wants most) or ``dense`` (family by family, see
-:func:`by_family`: fewer families, each labelled through, so Bradley-Terry can rank their
-responses).
+A cycle's ``design`` says how its pairs are formed:
+
+* ``spread`` (:func:`form_pairs`, then :func:`choose`): every pair the slice offers, the first
+  ``size`` in the strategy's order: the most pairs the strategy wants most, each response in a
+  pair or two;
+* ``dense`` (:func:`dense_pairs`): families, each a seed response and up to ``rivals`` others
+  to prompts near-identical to the seed's, every two of them compared (with a mode: every
+  two that contrast it). Each response meets several rivals, so Bradley-Terry strengths are
+  precise and comparable across the family. Seeds and members follow the strategy: the most
+  divergent first, answers the RM scores most like the seed's first, or at random.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from monitor.relabel.contrast import contrast
 from monitor.review.dedup import NEAR_DUPLICATE, jaccard, shingles
 
 SIMILAR = 0.9
@@ -43,6 +55,8 @@ class SliceTurn:
     reward: float | None
     divergence: float | None
     candidate: dict | None  # the first candidate response, when the event carried any
+    signals: tuple[float, ...] = ()  # the response's, in monitor.signals.SIGNAL_NAMES order
+    candidate_signals: tuple[float, ...] = ()  # the first candidate's
 
 
 @dataclass(frozen=True)
@@ -57,10 +71,17 @@ class PlannedPair:
 
 
 def form_pairs(turns: Sequence[SliceTurn], embed: Callable[[list[str]], np.ndarray], *,
-               similar: float = SIMILAR, per_turn: int = PER_TURN) -> list[PlannedPair]:
-    """Every pair the slice offers (see the module)."""
+               similar: float = SIMILAR, per_turn: int = PER_TURN, mode: str | None = None,
+               contrasting: bool = True) -> list[PlannedPair]:
+    """Every pair the slice offers; with ``mode``, every pair contrasting it (``contrasting=False``:
+    every pair not contrasting it). See the module."""
+
+    def contrasts(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+        return mode is None or (contrast(a, b, mode) != 0) == contrasting
+
     pairs = [PlannedPair(t.id, None, "candidates", None, t.reward, _number(t.candidate.get("reward")),
-                         _finite(t.divergence)) for t in turns if t.candidate]
+                         _finite(t.divergence)) for t in turns if t.candidate
+             and contrasts(t.signals, t.candidate_signals)]
     rest = [t for t in turns if not t.candidate]
     if len(rest) < 2:
         return pairs
@@ -76,6 +97,8 @@ def form_pairs(turns: Sequence[SliceTurn], embed: Callable[[list[str]], np.ndarr
         if used[i] >= per_turn or used[j] >= per_turn:
             continue
         a, b = rest[i], rest[j]
+        if not contrasts(a.signals, b.signals):
+            continue
         for index, turn in ((i, a), (j, b)):
             if index not in texts:
                 texts[index] = shingles(turn.response)
@@ -90,8 +113,8 @@ def form_pairs(turns: Sequence[SliceTurn], embed: Callable[[list[str]], np.ndarr
 
 def choose(pairs: Sequence[PlannedPair], strategy: str, size: int, rng: np.random.Generator, *,
            dense: bool = False) -> list[PlannedPair]:
-    """The first ``size`` pairs under ``strategy``; ``dense``: whole families at a time (see
-    :func:`by_family`)."""
+    """The first ``size`` pairs under ``strategy``; ``dense``: whole connected families of
+    ``pairs`` at a time (see :func:`by_family`)."""
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
     if strategy == "random":
@@ -136,6 +159,80 @@ def by_family(ordered: Sequence[PlannedPair]) -> list[PlannedPair]:
     for pair in ordered:  # dicts keep insertion order: families by their first pair
         families.setdefault(find(sides(pair)[0]), []).append(pair)
     return [pair for family in families.values() for pair in family]
+
+
+def dense_pairs(turns: Sequence[SliceTurn], embed: Callable[[list[str]], np.ndarray], strategy: str, size: int,
+                rng: np.random.Generator, *, rivals: int = 4, similar: float = SIMILAR, mode: str | None = None,
+                contrasting: bool = True) -> list[PlannedPair]:
+    """Up to ``size`` pairs in families (see the module): family after family, each a seed and at
+    most ``rivals`` members whose prompts are at least ``similar`` to the seed's, each turn in one
+    family. With ``mode``, a family's pairs are those that contrast it (``contrasting=False``: that
+    do not), and when contrasting, members alternate between answers that contrast the seed and
+    answers like it, so both sides of the contrast meet several rivals."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
+    if size <= 0 or len(turns) < 2:
+        return []
+    vectors = np.asarray(embed([t.prompt for t in turns]), dtype=float)
+    divergence = np.array([_finite(t.divergence) for t in turns])
+    reward = np.array([math.nan if t.reward is None else float(t.reward) for t in turns])
+    if strategy == "random":
+        seeds = rng.permutation(len(turns))
+    else:  # divergence; uncertainty seeds by divergence too: its members are the answers scored most alike
+        seeds = np.argsort(-divergence, kind="stable")
+    shingled: dict[int, frozenset[int]] = {}
+
+    def text(k: int) -> frozenset[int]:
+        if k not in shingled:
+            shingled[k] = shingles(turns[k].response)
+        return shingled[k]
+
+    def accept(i: int, j: int) -> bool:
+        return mode is None or (contrast(turns[i].signals, turns[j].signals, mode) != 0) == contrasting
+
+    used = np.zeros(len(turns), dtype=bool)
+    out: list[PlannedPair] = []
+    for seed in seeds.tolist():
+        if used[seed]:
+            continue
+        used[seed] = True
+        similarity = vectors @ vectors[seed]
+        near = np.nonzero((similarity >= similar) & ~used)[0]
+        if strategy == "divergence":
+            near = near[np.argsort(-divergence[near], kind="stable")]
+        elif strategy == "uncertainty":
+            gap = np.abs(reward[near] - reward[seed])
+            near = near[np.argsort(np.where(np.isfinite(gap), gap, np.inf), kind="stable")]
+        else:
+            near = rng.permutation(near)
+        if mode is not None and contrasting:  # alternate: one that contrasts the seed, one like it
+            unlike = [j for j in near.tolist() if accept(seed, j)]
+            like = [j for j in near.tolist() if not accept(seed, j)]
+            ordered = [j for duo in itertools.zip_longest(unlike, like) for j in duo if j is not None]
+        else:
+            ordered = [j for j in near.tolist() if accept(seed, j)]
+        members = [seed]
+        for j in ordered:
+            if len(members) > rivals:
+                break
+            if any(jaccard(text(j), text(m)) >= NEAR_DUPLICATE for m in members):
+                continue  # the same answer twice: nothing to prefer
+            if accept(seed, j) or any(accept(j, m) for m in members[1:]):
+                members.append(j)
+        family = [(a, b) for a, b in itertools.combinations(members, 2) if accept(a, b)]
+        if not family:
+            continue
+        used[members] = True
+        family.sort(key=lambda ab: -(divergence[ab[0]] + divergence[ab[1]]) if strategy == "divergence"
+                    else float(np.nan_to_num(abs(reward[ab[0]] - reward[ab[1]]), nan=np.inf))
+                    if strategy == "uncertainty" else 0.0)
+        for a, b in family[:size - len(out)]:
+            ta, tb = turns[a], turns[b]
+            out.append(PlannedPair(ta.id, tb.id, "similar_prompts", round(float(vectors[a] @ vectors[b]), 6),
+                                   ta.reward, tb.reward, _finite(ta.divergence) + _finite(tb.divergence)))
+        if len(out) >= size:
+            break
+    return out
 
 
 def _finite(value: float | None) -> float:

@@ -3,7 +3,10 @@ cycle's pairs and, beside it, against users on its segments' reference windows; 
 strengths of the responses; how much length and formatting explain the preferences.
 
 * **RM audit** (:func:`monitor.relabel.audit.rm_accuracy`): the RM's pairwise accuracy on the
-  cycle's labelled pairs, overall, per segment and per mode, with Wilson intervals.
+  cycle's labelled pairs, overall, per segment and per mode, with Wilson intervals; and by the
+  modes each pair's answers contrast (:mod:`monitor.relabel.contrast`), a pair counted under each;
+  for a cycle with a mode, its accuracy on the pairs contrasting the mode minus on the control
+  pairs (:func:`monitor.relabel.audit.mode_effect`).
 * **Reference accuracy**: the same question asked of the labels the detectors calibrated on: on
   each segment's reference window (its rated turns at calibration time), the share of pairs of
   turns with different user satisfaction that the RM orders like the users (Harrell's
@@ -25,9 +28,10 @@ import krippendorff
 import numpy as np
 
 from monitor.analyze.state import SegmentState
-from monitor.relabel.audit import AuditPair, rm_accuracy
+from monitor.relabel.audit import AuditPair, mode_effect, rm_accuracy
 from monitor.relabel.bradley_terry import Comparison, fit_strengths, style_effect
-from monitor.review.sampling import NO_MODE, Candidate, dominant_modes, signal_values
+from monitor.relabel.contrast import contrasted
+from monitor.review.sampling import NO_MODE, signal_values
 from monitor.signals import SIGNAL_NAMES, response_signals
 
 #: Resamples of the reference accuracy's bootstrap interval.
@@ -55,21 +59,28 @@ class LabelledPair:
     b: Side
     preference: str  # A | B | tie
     prompt: str = ""  # as shown (redacted)
+    item: int | None = None  # the pair's review item (annotations of one item judge the same pair)
+
+
+def audit_pairs(labelled: Sequence[LabelledPair]) -> list[AuditPair]:
+    return [AuditPair(p.segment, p.mode, p.a.reward, p.b.reward, p.preference, p.item) for p in labelled]
 
 
 def cycle_results(labelled: Sequence[LabelledPair], states: Mapping[str, SegmentState], *,
-                  seed: int = 0) -> dict[str, Any]:
-    """Audit, reference accuracy and Bradley-Terry of a cycle's labels (JSON-ready)."""
+                  mode: str | None = None, seed: int = 0) -> dict[str, Any]:
+    """Audit, reference accuracy and Bradley-Terry of a cycle's labels (JSON-ready); ``mode``: the
+    cycle's, whose contrast pairs the audit holds against the control pairs."""
     segments = sorted({pair.segment for pair in labelled})
+    audited = audit_pairs(labelled)
     return {
         "labels": len(labelled),
-        "rm_audit": rm_accuracy([AuditPair(p.segment, p.mode, p.a.reward, p.b.reward, p.preference)
-                                 for p in labelled]),
-        # The same, per hacking mode that sets the pair's two answers apart: where the RM over-pays a
-        # feature, it loses to people on exactly the pairs that feature separates.
-        "rm_audit_by_separating_mode": rm_accuracy([
-            AuditPair(p.segment, mode, p.a.reward, p.b.reward, p.preference)
-            for p, mode in zip(labelled, separating_modes(labelled), strict=True)])["modes"],
+        "rm_audit": rm_accuracy(audited),
+        "rm_mode_effect": mode_effect(audited, mode),
+        # The same, per hacking mode the pair's two answers contrast (a pair in each of its modes'
+        # rows): where the RM over-pays a feature, it loses to people on the pairs that feature sets apart.
+        "rm_audit_by_contrast": rm_accuracy([
+            AuditPair(p.segment, contrasted, p.a.reward, p.b.reward, p.preference, p.item)
+            for p, modes in zip(labelled, contrasted_modes(labelled), strict=True) for contrasted in modes])["modes"],
         "reference_accuracy": reference_accuracy(states, segments, seed=seed),
         "bradley_terry": bradley_terry(labelled),
     }
@@ -175,25 +186,17 @@ def bradley_terry(labelled: Sequence[LabelledPair]) -> dict[str, Any]:
             "strengths": strengths, "style": style}
 
 
-def separating_modes(labelled: Sequence[LabelledPair]) -> list[str]:
-    """Per pair, the hacking mode that sets its two answers apart: each answer's dominant mode
-    among all the answers shown (its signals read from the text as shown, against their median
-    and spread); the pair's is the one mode only one answer has, ``shared`` when both have the
-    same, ``mixed`` when each has another."""
-    keys: dict[str, int] = {}
-    candidates: list[Candidate] = []
-    for pair in labelled:
-        for side in (pair.a, pair.b):
-            if side.key not in keys:
-                keys[side.key] = len(candidates)
-                signals = response_signals(pair.prompt, side.text)
-                candidates.append(Candidate(len(candidates), "", math.nan,
-                                            signal_values({n: getattr(signals, n) for n in SIGNAL_NAMES})))
-    modes = dominant_modes(candidates)
+def contrasted_modes(labelled: Sequence[LabelledPair]) -> list[tuple[str, ...]]:
+    """Per pair, the modes its two answers contrast (:mod:`monitor.relabel.contrast`), read from the
+    text as shown; ``("none",)`` when they contrast none (the answers differ in substance only)."""
+    signals: dict[str, tuple[float, ...]] = {}
     out = []
     for pair in labelled:
-        a, b = modes[keys[pair.a.key]], modes[keys[pair.b.key]]
-        out.append("shared" if a == b else b if a == NO_MODE else a if b == NO_MODE else "mixed")
+        for side in (pair.a, pair.b):
+            if side.key not in signals:
+                found = response_signals(pair.prompt, side.text)
+                signals[side.key] = signal_values({n: getattr(found, n) for n in SIGNAL_NAMES})
+        out.append(contrasted(signals[pair.a.key], signals[pair.b.key]) or (NO_MODE,))
     return out
 
 
@@ -230,5 +233,5 @@ def style_features(texts: Sequence[str]) -> np.ndarray:
     return np.array([[math.log1p(s.length_tokens), s.markdown_density] for s in signals], dtype=float).reshape(-1, 2)
 
 
-__all__ = ["LabelledPair", "Side", "bradley_terry", "concordance", "cycle_results", "preference_agreement",
-           "reference_accuracy", "separating_modes"]
+__all__ = ["LabelledPair", "Side", "audit_pairs", "bradley_terry", "concordance", "contrasted_modes",
+           "cycle_results", "preference_agreement", "reference_accuracy"]
