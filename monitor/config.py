@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, Field, SecretStr, ValidationError, field_validator, model_validator
@@ -269,9 +270,29 @@ class Settings(BaseSettings):
         return (self.conversations_topic, self.ratings_topic)
 
 
+#: Settings that may come from a file instead (``MONITOR_<NAME>_FILE``: a container secret's path).
+FILE_SETTINGS = ("database_url", "relabel_webhook_secret")
+
+
 def _unknown_env_vars(environ: dict[str, str]) -> list[str]:
     known = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    known |= {f"{ENV_PREFIX}{name.upper()}_FILE" for name in FILE_SETTINGS}
     return sorted(k for k in environ if k.upper().startswith(ENV_PREFIX) and k.upper() not in known)
+
+
+def _from_files(environ: dict[str, str], overrides: dict[str, object]) -> dict[str, object]:
+    """``MONITOR_<NAME>_FILE`` settings read from their files (surrounding whitespace stripped);
+    the plain variable, or an override, wins over the file."""
+    found: dict[str, object] = {}
+    for name in FILE_SETTINGS:
+        path = environ.get(f"{ENV_PREFIX}{name.upper()}_FILE")
+        if path is None or name in overrides or f"{ENV_PREFIX}{name.upper()}" in environ:
+            continue
+        try:
+            found[name] = Path(path).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{ENV_PREFIX}{name.upper()}_FILE: cannot read {path}: {exc}") from exc
+    return found
 
 
 def load_settings(**overrides: object) -> Settings:
@@ -280,12 +301,14 @@ def load_settings(**overrides: object) -> Settings:
     >>> load_settings(batch_size=10).batch_size
     10
     """
-    unknown = _unknown_env_vars(dict(os.environ))
+    environ = dict(os.environ)
+    unknown = _unknown_env_vars(environ)
     if unknown:
         raise ConfigError(
             f"unknown setting(s): {', '.join(unknown)}; known: "
             + ", ".join(ENV_PREFIX + n.upper() for n in Settings.model_fields)
         )
+    overrides = {**_from_files(environ, overrides), **overrides}
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:

@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from monitor import __version__
 from monitor.events import DEAD_LETTER_REASONS
+from monitor.signals import SIGNAL_MODES
 
 EVENT_KINDS = ("conversation", "rating")
 FAILURE_STAGES = ("scoring", "dead_letter_topic", "store", "commit")
@@ -104,6 +105,14 @@ class Metrics:
             "monitor_scoring_errors_total", "Responses the scorer could not score (empty text, tokenizer error).",
             registry=registry,
         )
+        self.reward = Histogram(
+            "monitor_reward", "Reward the RM gave each scored response, by segment (configured segments plus other).",
+            ["segment"],
+            # Reward models score on their own scale; these cover logits of a few units either side of 0
+            # (the demo RM and the simulator's producer rewards) finely around the middle.
+            buckets=(-4, -3, -2, -1.5, -1, -0.5, 0, 0.5, 1, 1.5, 2, 3, 4),
+            registry=registry,
+        )
         self.reward_model = Gauge(
             "monitor_reward_model_info",
             "Constant 1, labelled with the identity of the scorer in use (kind:model@revision).",
@@ -140,8 +149,8 @@ class Metrics:
             registry=registry,
         )
         self.alerts_firing = Gauge(
-            "monitor_alerts_firing", "Divergence alerts firing now, by segment and detector.",
-            ["segment", "detector"], registry=registry,
+            "monitor_alerts_firing", "Divergence alerts firing now, by segment, detector and attributed mode "
+            "(none: not attributed).", ["segment", "detector", "mode"], registry=registry,
         )
         self.alerts_opened = Counter(
             "monitor_alerts_opened_total", "Divergence alerts opened, by detector and attributed mode.",
@@ -184,6 +193,11 @@ class Metrics:
         self.segment_auc_bound = Gauge(
             "monitor_segment_reward_auc_bound_ratio", "Bound of the 95% interval of the window's reward AUC.",
             ["segment", "bound"], registry=registry,
+        )
+        self.segment_signal = Gauge(
+            "monitor_segment_signal_mean",
+            "Mean of a reward-hacking signal over the segment's turns in the current window; mode: the hacking "
+            "mode the signal feeds (monitor.signals).", ["segment", "signal", "mode"], registry=registry,
         )
         self.segment_safety = Gauge(
             "monitor_segment_safety_ratio",
@@ -264,8 +278,15 @@ class Metrics:
         self.reward_model.clear()
         self.reward_model.labels(identity=identity).set(1)
 
-    def record_analysis(self, segments: list[dict], firing: dict[tuple[str, str], int]) -> None:
-        """Replace the per-segment gauges with one run's figures (NaN where a figure is undefined)."""
+    def record_analysis(self, segments: list[dict], firing: dict[tuple[str, str, str], int]) -> None:
+        """Replace the per-segment gauges with one run's figures (NaN where a figure is undefined);
+        ``firing``: alerts firing per (segment, detector, mode). A series that stopped firing reads 0;
+        every segment and detector has at least its ``mode="none"`` series."""
+        for labels in _label_sets(self.alerts_firing):
+            if labels not in firing:
+                self.alerts_firing.labels(*labels).set(0)
+        for labels, count in firing.items():
+            self.alerts_firing.labels(*labels).set(count)
         for stats in segments:
             segment = stats["segment"]
             self.segment_reward.labels(segment=segment).set(_value(stats["reward_mean"]))
@@ -281,12 +302,15 @@ class Metrics:
                 bounds = stats.get(key) or (None, None)
                 gauge.labels(segment=segment, bound="lower").set(_value(bounds[0]))
                 gauge.labels(segment=segment, bound="upper").set(_value(bounds[1]))
+            for name, value in (stats.get("signals") or {}).items():
+                self.segment_signal.labels(segment=segment, signal=name, mode=SIGNAL_MODES[name]).set(_value(value))
             self.segment_safety.labels(segment=segment, rate="over_refusal").set(
                 _value(stats["safety"]["over_refusal_rate"]))
             self.segment_safety.labels(segment=segment, rate="harmful_compliance").set(
                 _value(stats["safety"]["harmful_compliance_rate"]))
             for detector in ANALYSIS_DETECTORS:
-                self.alerts_firing.labels(segment=segment, detector=detector).set(firing.get((segment, detector), 0))
+                if not any(key[:2] == (segment, detector) for key in firing):
+                    self.alerts_firing.labels(segment=segment, detector=detector, mode="none").set(0)
 
     def record_review(self, stats: dict, report: dict, verdicts: tuple[str, ...]) -> None:
         """Replace the review gauges with the queue's stats and a report's figures."""

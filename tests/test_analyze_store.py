@@ -77,8 +77,9 @@ def test_length_hacking_is_flagged_persisted_published_and_served(traffic, sessi
     assert registry.get_sample_value("monitor_flags_published_total", {"state": "firing"}) == len(
         [a for a in stored if a.state == "firing"])
     firing_series = sum(registry.get_sample_value("monitor_alerts_firing", {"segment": a.segment,
-                                                                            "detector": a.detector}) or 0
-                        for a in {(a.segment, a.detector): a for a in hacked}.values())
+                                                                            "detector": a.detector,
+                                                                            "mode": a.mode}) or 0
+                        for a in {(a.segment, a.detector, a.mode): a for a in hacked}.values())
     assert firing_series >= 1
     assert registry.get_sample_value("monitor_analyze_runs_total", {"outcome": "ok"}) == 1
 

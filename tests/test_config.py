@@ -204,3 +204,24 @@ def test_config_error_is_a_monitor_error() -> None:
 def test_settings_constructor_reads_the_environment_too(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MONITOR_DLQ_TOPIC", "dead")
     assert Settings().dlq_topic == "dead"
+
+
+def test_secrets_come_from_files_named_by_file_variables(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    url = tmp_path / "database_url"
+    url.write_text("postgresql://monitor:s3cret@db/monitor\n")
+    secret = tmp_path / "webhook"
+    secret.write_text("hook-secret")
+    monkeypatch.setenv("MONITOR_DATABASE_URL_FILE", str(url))
+    monkeypatch.setenv("MONITOR_RELABEL_WEBHOOK_SECRET_FILE", str(secret))
+    settings = load_settings()
+    assert settings.database_url == "postgresql://monitor:s3cret@db/monitor"  # the newline stripped
+    assert settings.relabel_webhook_secret is not None
+    assert settings.relabel_webhook_secret.get_secret_value() == "hook-secret"
+    # The plain variable and an explicit override win over the file.
+    assert load_settings(database_url="sqlite:///x.db").database_url == "sqlite:///x.db"
+    monkeypatch.setenv("MONITOR_DATABASE_URL", "sqlite:///y.db")
+    assert load_settings().database_url == "sqlite:///y.db"
+    monkeypatch.delenv("MONITOR_DATABASE_URL")
+    monkeypatch.setenv("MONITOR_DATABASE_URL_FILE", str(tmp_path / "missing"))
+    with pytest.raises(ConfigError, match="MONITOR_DATABASE_URL_FILE: cannot read"):
+        load_settings()

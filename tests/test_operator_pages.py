@@ -111,6 +111,10 @@ def test_a_viewer_signs_in_and_sees_the_alerts_evidence(ops) -> None:
         assert "httponly" in cookie and "samesite=strict" in cookie and re.search(r"path=/(;|$)", cookie)
         listing = http.get("/alerts")
         assert listing.status_code == 200 and f'href="/alerts/{alert.id}"' in listing.text
+        # Prometheus alert rules link here with the segment: only its alerts are listed.
+        mine = http.get("/alerts", params={"segment": alert.segment})
+        elsewhere = http.get("/alerts", params={"segment": "no-such/*/*"})
+        assert f'href="/alerts/{alert.id}"' in mine.text and f'href="/alerts/{alert.id}"' not in elsewhere.text
         page = http.get(f"/alerts/{alert.id}")
     assert page.status_code == 200, page.text
     text = page.text

@@ -514,9 +514,9 @@ class Analyzer:
     def _record(self, segments: list[dict], firing: list[Alert], opened: list[Alert], watermark: float | None) -> None:
         if not self.metrics:
             return
-        counts: dict[tuple[str, str], int] = defaultdict(int)
+        counts: dict[tuple[str, str, str], int] = defaultdict(int)
         for alert in firing:
-            counts[(alert.segment, alert.detector)] += 1
+            counts[(alert.segment, alert.detector, alert.mode or "none")] += 1
         self.metrics.record_analysis(segments, dict(counts))
         for alert in opened:
             self.metrics.alerts_opened.labels(detector=alert.detector, mode=alert.mode).inc()

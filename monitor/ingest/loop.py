@@ -22,6 +22,7 @@ finished before the partitions are given up.
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import threading
 import time
@@ -31,9 +32,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
+from prometheus_client import Histogram
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from monitor.analyze.segments import SegmentScheme
 from monitor.config import Settings
 from monitor.errors import BrokerUnavailable, MonitorError, ScoringError
 from monitor.events import ConversationEvent
@@ -111,6 +114,8 @@ class IngestLoop:
         self._backoff = settings.retry_backoff_seconds
         self._in_flight: _InFlight | None = None
         self._reward_model_shown = scorer.identity
+        self._segments = SegmentScheme.from_settings(settings)
+        self._reward_by_segment: dict[str, Histogram] = {}  # the histogram's child per segment key
         metrics.set_reward_model(scorer.identity)
         metrics.init_topics(settings.topics + (settings.dlq_topic,))
 
@@ -222,6 +227,13 @@ class IngestLoop:
             raise BatchFailed("scoring", exc) from exc
         metrics = self._metrics
         metrics.scoring_duration.observe(time.perf_counter() - started)
+        for event, outcome in zip(events, outcomes, strict=True):
+            if outcome.score is not None and math.isfinite(outcome.score):
+                key = self._segments.key(event.segment.domain, event.model_version, event.segment.locale)
+                child = self._reward_by_segment.get(key)
+                if child is None:
+                    child = self._reward_by_segment[key] = metrics.reward.labels(segment=key)
+                child.observe(outcome.score)
         metrics.scoring_errors.inc(sum(outcome.error is not None for outcome in outcomes))
         stats = getattr(self._scorer, "stats", None)
         if isinstance(stats, ScoringStats):

@@ -68,13 +68,16 @@ def logout() -> Response:
 
 @router.get("/alerts")
 def alerts(request: Request, context: ContextDep, state: Literal["firing", "resolved"] | None = None,
+           segment: Annotated[str | None, Query(max_length=256)] = None,
            limit: Annotated[int, Query(ge=1, le=1000)] = 200) -> Response:
+    """The alerts, newest first; ``state`` and ``segment`` narrow them (Prometheus alert rules link
+    here with both)."""
     caller = operator(request, context)
     if isinstance(caller, Response):
         return caller
     with context.sessions() as session:
         return render("ops_alerts.html", caller=caller, state=state,
-                      alerts=list_alerts(session, state=state, limit=limit))
+                      alerts=list_alerts(session, state=state, segment=segment, limit=limit))
 
 
 @router.get("/alerts/{alert_id}")
