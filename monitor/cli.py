@@ -470,15 +470,16 @@ def db_upgrade(revision: Annotated[str, typer.Argument(help="Target revision.")]
     """Migrate the database at MONITOR_DATABASE_URL to the latest schema."""
     from sqlalchemy.exc import SQLAlchemyError
 
+    from monitor.store.db import masked_url
     from monitor.store.migrate import upgrade
 
     settings = _settings()
     try:
         upgrade(settings.database_url, revision)
     except SQLAlchemyError as exc:
-        typer.echo(f"error: migration failed on {settings.database_url}: {exc}", err=True)
+        typer.echo(f"error: migration failed on {masked_url(settings.database_url)}: {exc}", err=True)
         raise typer.Exit(1) from exc
-    typer.echo(f"database at {revision}: {settings.database_url}")
+    typer.echo(f"database at {revision}: {masked_url(settings.database_url)}")
 
 
 @db_app.command("current")

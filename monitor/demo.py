@@ -27,7 +27,7 @@ from monitor.sim.produce import ProduceCounts, produce
 from monitor.sim.scenarios import Scenario
 from monitor.sim.traffic import TrafficSimulator
 from monitor.store.analysis import latest_run, list_alerts
-from monitor.store.db import make_engine, make_session_factory
+from monitor.store.db import make_engine, make_session_factory, masked_url
 from monitor.store.models import Alert, AnalysisRun
 from monitor.store.reads import StoreCounts, store_counts
 
@@ -69,7 +69,7 @@ def run_demo(settings: Settings, *, rate: float, duration: float, seed: int,
                               settings.ratings_topic: TOPIC_PARTITIONS, settings.dlq_topic: 1})
         settings = settings.model_copy(update={"kafka_bootstrap": broker.bootstrap, "api_port": api_port})
         console.print(f"broker   {broker.bootstrap} (embedded, memory only)")
-        console.print(f"store    {settings.database_url}")
+        console.print(f"store    {masked_url(settings.database_url)}")
         console.print(f"scoring  {settings.rm_model or settings.rm_url}")
         if scenario is not None and scenario.name != "S0":
             console.print(f"traffic  scenario {scenario.name} from {scenario.onset_s:,.0f}s (size {scenario.size:g})")

@@ -31,16 +31,27 @@ class ConfigError(MonitorError):
     """A setting is unknown or has an invalid value."""
 
 
+#: Longest ``detail`` of an :class:`InvalidEvent`.
+MAX_DETAIL = 1000
+
+
 class InvalidEvent(MonitorError):
     """A payload that breaks its wire contract.
 
     ``reason`` is one of :data:`monitor.events.DEAD_LETTER_REASONS` (a small fixed set, safe as a
-    metric label); ``detail`` is the human-readable explanation stored with the dead letter.
+    metric label); ``detail`` is the human-readable explanation stored with the dead letter, cut to
+    :data:`MAX_DETAIL` characters: explanations quote the input, and a record must not grow its own
+    dead letter past what the dead-letter topic accepts.
+
+    >>> len(InvalidEvent("invalid_fields", "x" * 100_000).detail) < 1100
+    True
     """
 
     status_code = 422
 
     def __init__(self, reason: str, detail: str) -> None:
+        if len(detail) > MAX_DETAIL:
+            detail = f"{detail[:MAX_DETAIL]}... ({len(detail) - MAX_DETAIL} more characters)"
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail

@@ -18,7 +18,7 @@ import json
 import math
 import uuid
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AwareDatetime,
@@ -276,19 +276,32 @@ def _parse(model: type[_Strict], raw: bytes, schema: str) -> _Strict:
         raise _classify(text, schema, exc) from exc
     # Valid UTF-8 can still carry \u escapes of text that UTF-8 (and PostgreSQL) cannot hold.
     if "\\u" in text:
-        _check_text(json.loads(text))
+        _check_text(_load(text))
     # `extra="forbid"` lets the attribute name of the aliased `schema` field through.
-    if '"schema_"' in text and "schema_" in json.loads(text):
+    if '"schema_"' in text and "schema_" in _load(text):
         raise InvalidEvent("invalid_fields", "schema_: Extra inputs are not permitted")
     return event
+
+
+def _load(text: str) -> Any:
+    """``json.loads``, its every failure an :class:`InvalidEvent`: not JSON, nested too deep, or a
+    number Python refuses to convert (an integer of more than 4,300 digits)."""
+    try:
+        return json.loads(text)
+    except RecursionError as error:
+        raise InvalidEvent("invalid_json", f"not JSON: nested too deep ({error})") from error
+    except json.JSONDecodeError as error:
+        raise InvalidEvent("invalid_json", f"not JSON: {error}") from error
+    except ValueError as error:  # the digit limit on int(): valid JSON, but no contract field is that big
+        raise InvalidEvent("invalid_fields", f"a number out of any field's range: {error}") from error
 
 
 def _classify(text: str, schema: str, exc: ValidationError) -> InvalidEvent:
     """Why a payload failed, in a fixed order of precedence (the hot path never gets here)."""
     try:
-        document = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as error:
-        return InvalidEvent("invalid_json", f"not JSON: {error}")
+        document = _load(text)
+    except InvalidEvent as error:
+        return error
     if not isinstance(document, dict):
         return InvalidEvent("invalid_json", f"expected a JSON object, got {type(document).__name__}")
     try:

@@ -24,3 +24,8 @@ class HealthState:
 
     def mark_store(self, ok: bool, error: str | None = None) -> None:
         self.store_ok, self.store_error = ok, error
+
+    @property
+    def store_writes_failing(self) -> bool:
+        """The last store write failed (reads may still work: a full disk, a read-only replica)."""
+        return not self.store_ok and self.store_error is not None

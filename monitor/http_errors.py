@@ -1,17 +1,26 @@
 """One rendering of errors for every FastAPI app of `monitor`: ``{"error": {"type", "message"}}``.
 
 Shared by the API (`monitor.api`) and the scoring server (`monitor.scoring.server`), which must not
-import each other.
+import each other. A NUL character in the path or query string is a 400 before any route runs
+(PostgreSQL cannot hold one in text, and no identifier contains one); an unexpected failure is a
+JSON 500 that says where to look, never a traceback or SQL parameters in the body.
 """
 
 from __future__ import annotations
 
+import logging
+import traceback
+from collections.abc import Awaitable, Callable
+from urllib.parse import unquote_to_bytes
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from monitor.errors import MonitorError
+
+log = logging.getLogger(__name__)
 
 #: A body with thousands of bad items would otherwise produce a megabyte of error text.
 _SHOWN_VALIDATION_ERRORS = 5
@@ -21,7 +30,26 @@ def error_response(status: int, kind: str, message: str, headers: dict[str, str]
     return JSONResponse({"error": {"type": kind, "message": message}}, status_code=status, headers=headers)
 
 
+def _has_nul(request: Request) -> bool:
+    raw_path = request.scope.get("raw_path") or request.url.path.encode()
+    return b"\x00" in unquote_to_bytes(raw_path) or b"\x00" in unquote_to_bytes(request.url.query.encode())
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    @app.middleware("http")
+    async def _reject_nul(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        if _has_nul(request):
+            return error_response(400, "InvalidRequest", "NUL characters are not allowed in paths or query strings")
+        return await call_next(request)
+
+    @app.exception_handler(Exception)
+    def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Where it failed, not what it said: a database error's message carries the statement's parameters
+        # (conversation text).
+        log.error("unexpected %s answering %s %s\n%s", type(exc).__name__, request.method, request.url.path,
+                  "".join(traceback.format_tb(exc.__traceback__)))
+        return error_response(500, "InternalError", "internal error; the service log has the details")
+
     @app.exception_handler(MonitorError)
     def _monitor_error(_request: Request, exc: MonitorError) -> JSONResponse:
         return error_response(exc.status_code, type(exc).__name__, str(exc), exc.headers)

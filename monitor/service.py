@@ -29,7 +29,7 @@ from monitor.ingest.source import KafkaEventSource, Position
 from monitor.metrics import Metrics
 from monitor.scoring.base import Scorer
 from monitor.scoring.factory import build_scorer
-from monitor.store.db import make_engine, make_session_factory
+from monitor.store.db import make_engine, make_session_factory, masked_url
 from monitor.store.migrate import is_at_head, upgrade
 from monitor.store.writes import load_offsets, register_partitions
 
@@ -60,7 +60,7 @@ def prepare_database(settings: Settings) -> None:
                 "(or set MONITOR_DB_AUTO_UPGRADE=true)"
             )
     except SQLAlchemyError as exc:
-        raise StoreUnavailable(f"cannot prepare the database at {settings.database_url}: {exc}") from exc
+        raise StoreUnavailable(f"cannot prepare the database at {masked_url(settings.database_url)}: {exc}") from exc
 
 
 def install_stop_signals(stop: threading.Event) -> None:

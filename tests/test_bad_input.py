@@ -1,5 +1,7 @@
-"""Bad input never stops the loop: >= 1,000 fuzzed payloads, interleaved with valid traffic,
-each ends in the dead-letter topic and table with a reason; every valid event is stored."""
+"""Bad input never stops the loop: >= 1,000 fuzzed payloads and the poison pills that once stopped
+it (a 5,000-digit integer, a half-megabyte echo in the error, nesting past the recursion limit, a
+megabyte key), interleaved with valid traffic, each end in the dead-letter topic and table with a
+reason; every valid event is stored."""
 
 from __future__ import annotations
 
@@ -17,7 +19,9 @@ from sqlalchemy import select
 
 from monitor.errors import InvalidEvent
 from monitor.events import DEAD_LETTER_REASONS, MAX_MESSAGE_BYTES, parse_conversation, parse_rating
-from monitor.ingest.decode import DEFAULT_TIMESTAMP_BOUNDS
+from monitor.ingest.dead_letters import dead_letter_message
+from monitor.ingest.decode import DEFAULT_TIMESTAMP_BOUNDS, DeadLetterRecord
+from monitor.ingest.records import KafkaRecord
 from monitor.sim.traffic import TrafficSimulator
 from monitor.store.db import make_engine, make_session_factory
 from monitor.store.models import DeadLetter, RatingRow, Turn
@@ -106,6 +110,27 @@ def fuzzed_payloads(rng: random.Random, n: int) -> list[tuple[str, bytes | None]
     return payloads
 
 
+def poison_pills() -> list[tuple[str, bytes, bytes]]:
+    """(kind, key, value) of records that once stopped ingest: an integer json cannot convert, an
+    error detail that echoes half a megabyte, nesting past the recursion limit, a megabyte key."""
+    big_int = json.dumps(conversation("pill-int", 0)).replace('"turn": 0', '"turn": ' + "9" * 5000).encode()
+    echo_schema = json.dumps({**rating("pill-echo", 0), "schema": "x" * 450_000}).encode()
+    echo_key = json.dumps({**conversation("pill-key", 0), "k" * 450_000: 1}).encode()
+    deep = b"[" * 100_000 + b"]" * 100_000
+    return [("conversation", b"pill", big_int), ("rating", b"pill", echo_schema), ("conversation", b"pill", echo_key),
+            ("rating", b"pill", deep), ("conversation", b"k" * 900_000, b"{not json")]
+
+
+def test_a_dead_letter_always_fits_the_topic_whatever_the_record() -> None:
+    """The worst record: a value at the size limit, a megabyte key, a detail quoting the input."""
+    worst = KafkaRecord("conversations", 0, 7, b"k" * (1024 * 1024), b"x" * (MAX_MESSAGE_BYTES + 1))
+    dead = DeadLetterRecord(worst, "invalid_fields", InvalidEvent("invalid_fields", "y" * 10**6).detail)
+    message = dead_letter_message(dead, datetime.now(UTC))
+    assert len(message) < 800_000  # under Kafka's default 1 MiB request, with room for headers
+    decoded = json.loads(message)
+    assert decoded["raw_truncated"] and decoded["source"]["key_truncated"] and len(decoded["detail"]) < 1100
+
+
 def expected_reason(kind: str, value: bytes | None) -> str:
     if value is None:
         return "invalid_json"
@@ -139,6 +164,11 @@ def test_fuzzed_payloads_go_to_the_dead_letter_topic_and_valid_ones_are_stored(t
                 stream.append((topic_of[kind], key, value, reason))
     for (kind, value), reason in bad_iter:
         stream.append((topic_of[kind], b"fuzz", value, reason))
+    pills = poison_pills()
+    for kind, key, value in pills:
+        stream.insert(len(stream) // 2, (topic_of[kind], key, value, expected_reason(kind, value)))
+    assert {expected_reason(kind, value) for kind, _, value in pills} == {"invalid_fields", "unknown_schema",
+                                                                          "invalid_json"}
 
     producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=5,
                              max_request_size=4 * MAX_MESSAGE_BYTES)
@@ -191,6 +221,7 @@ def test_fuzzed_payloads_go_to_the_dead_letter_topic_and_valid_ones_are_stored(t
         assert message["reason"] == reason and message["detail"]
         assert message["raw_sha256"] == hashlib.sha256(raw).hexdigest()
         assert message["raw_bytes"] == len(raw)
+        assert len(message["detail"]) < 1100  # capped: an echo of the input stays short
         if not message["raw_truncated"]:
             assert base64.b64decode(message["raw_b64"]) == raw
         else:

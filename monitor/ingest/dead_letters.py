@@ -3,8 +3,11 @@
 The message carries the raw bytes (base64), the source topic/partition/offset and the reason. It is
 published and flushed *before* the batch's database transaction commits, so a crash can repeat a
 dead letter on the topic (consumers dedupe on ``source``) but never lose one. Raw payloads over
-:data:`MAX_RAW_IN_TOPIC` are cut in the topic message (``raw_truncated``) to stay under Kafka's
-default 1 MB request limit; the ``dead_letters`` table always keeps the full bytes.
+:data:`MAX_RAW_IN_TOPIC` are cut in the topic message (``raw_truncated``), and so are keys over
+:data:`MAX_KEY_IN_TOPIC` (``key_truncated``; the message's own Kafka key too), so that a dead
+letter always fits under Kafka's default 1 MiB request limit whatever the record (its detail is
+capped where it is made, :data:`monitor.errors.MAX_DETAIL`); the ``dead_letters`` table always
+keeps the full bytes.
 """
 
 from __future__ import annotations
@@ -25,6 +28,11 @@ from monitor.kafka_defaults import BOOTSTRAP_TIMEOUT_MS, send_acknowledged
 
 DEAD_LETTER_SCHEMA = "deadletter/v1"
 MAX_RAW_IN_TOPIC = 512 * 1024
+MAX_KEY_IN_TOPIC = 1024
+
+
+def _cut_key(key: bytes | None) -> bytes | None:
+    return key if key is None or len(key) <= MAX_KEY_IN_TOPIC else key[:MAX_KEY_IN_TOPIC]
 
 
 def dead_letter_message(dead: DeadLetterRecord, received_at: datetime) -> bytes:
@@ -37,7 +45,9 @@ def dead_letter_message(dead: DeadLetterRecord, received_at: datetime) -> bytes:
             "partition": dead.record.partition,
             "offset": dead.record.offset,
             "timestamp_ms": dead.record.timestamp_ms,
-            "key_b64": base64.b64encode(dead.record.key).decode() if dead.record.key is not None else None,
+            "key_b64": base64.b64encode(_cut_key(dead.record.key) or b"").decode()
+            if dead.record.key is not None else None,
+            "key_truncated": _cut_key(dead.record.key) != dead.record.key,
         },
         "reason": dead.reason,
         "detail": dead.detail,
@@ -70,7 +80,7 @@ class DeadLetterPublisher:
         if not dead_letters:
             return
         send_acknowledged(self._producer, self.topic,
-                          ((d.record.key, dead_letter_message(d, received_at)) for d in dead_letters))
+                          ((_cut_key(d.record.key), dead_letter_message(d, received_at)) for d in dead_letters))
 
     def close(self) -> None:
         self._producer.close(timeout=5)

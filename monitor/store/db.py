@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, make_url, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -21,13 +21,26 @@ def normalise_url(url: str) -> str:
     return url
 
 
+def masked_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``, for logs and messages.
+
+    >>> masked_url("postgresql://monitor:s3cret@db:5432/monitor")
+    'postgresql://monitor:***@db:5432/monitor'
+    """
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - not a URL SQLAlchemy parses: show nothing of it rather than a secret
+        return "<unparsable database URL>"
+
+
 def make_engine(url: str) -> Engine:
+    """An engine for ``url``. Statement parameters (conversation text) never appear in its errors."""
     url = normalise_url(url)
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30})
+        engine = create_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5, hide_parameters=True)
     event.listen(engine, "rollback", _forget_staging_tables)
     return engine
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Path
 from pydantic import BaseModel
 
 from monitor.api.auth import Principal, require
@@ -81,8 +81,9 @@ class ConversationOut(BaseModel):
     ratings_waiting: int
 
 
-@router.get("/{conversation_id}")
-def get_conversation(conversation_id: str, session: SessionDep,
+# `:path`: conversation ids may contain "/" on the wire (any 1-256 characters), so the rest of the path is the id.
+@router.get("/{conversation_id:path}")
+def get_conversation(conversation_id: Annotated[str, Path(min_length=1, max_length=256)], session: SessionDep,
                      caller: Annotated[Principal, Depends(require(VIEW))]) -> ConversationOut:
     turns = [TurnOut.of(t) for t in conversation_turns(session, conversation_id)]
     ratings = [RatingOut.of(r) for r in conversation_ratings(session, conversation_id)]

@@ -24,15 +24,17 @@ def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 def readyz(context: ContextDep) -> JSONResponse:
-    """Ready only while the database, the Kafka broker and (for a remote reward model) the scoring
-    endpoint are reachable (503 otherwise)."""
+    """Ready only while the database answers and takes writes, the Kafka broker is reachable and (for
+    a remote reward model) the scoring endpoint answers (503 otherwise); each check says why."""
     checks: dict[str, dict[str, object]] = {}
+    health = context.health
     try:
         ping(context.engine)
         checks["database"] = {"ok": True}
     except StoreUnavailable as exc:
         checks["database"] = {"ok": False, "error": str(exc)}
-    health = context.health
+    if health.store_writes_failing:
+        checks["database"] = {"ok": False, "error": f"the last ingest write failed: {health.store_error}"}
     scorer_ping = getattr(context.scorer, "ping", None)
     if callable(scorer_ping):
         checks["scorer"] = {"ok": bool(scorer_ping())}
