@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import logging
 import traceback
-from collections.abc import Awaitable, Callable
 from urllib.parse import unquote_to_bytes
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from monitor.errors import MonitorError
 
@@ -30,17 +30,28 @@ def error_response(status: int, kind: str, message: str, headers: dict[str, str]
     return JSONResponse({"error": {"type": kind, "message": message}}, status_code=status, headers=headers)
 
 
-def _has_nul(request: Request) -> bool:
-    raw_path = request.scope.get("raw_path") or request.url.path.encode()
-    return b"\x00" in unquote_to_bytes(raw_path) or b"\x00" in unquote_to_bytes(request.url.query.encode())
+def _has_nul(scope: Scope) -> bool:
+    raw_path = scope.get("raw_path") or str(scope.get("path", "")).encode()
+    return b"\x00" in unquote_to_bytes(raw_path) or b"\x00" in unquote_to_bytes(scope.get("query_string", b""))
+
+
+class RejectNul:
+    """Plain ASGI middleware (no task per request, unlike ``@app.middleware``): a NUL character in
+    the path or query string is a 400 before any route runs."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and _has_nul(scope):
+            response = error_response(400, "InvalidRequest", "NUL characters are not allowed in paths or query strings")
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    @app.middleware("http")
-    async def _reject_nul(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        if _has_nul(request):
-            return error_response(400, "InvalidRequest", "NUL characters are not allowed in paths or query strings")
-        return await call_next(request)
+    app.add_middleware(RejectNul)
 
     @app.exception_handler(Exception)
     def _unexpected(request: Request, exc: Exception) -> JSONResponse:
