@@ -283,7 +283,7 @@ def queries(spec: DashboardSpec, segment: str | None = None) -> list[str]:
 
 def build(spec: DashboardSpec) -> dict[str, Any]:
     """The Grafana dashboard JSON (a dict) of ``spec``."""
-    from grafana_foundation_sdk.builders import dashboard, prometheus, stat, table, timeseries
+    from grafana_foundation_sdk.builders import dashboard, prometheus
     from grafana_foundation_sdk.cog.encoder import JSONEncoder
     from grafana_foundation_sdk.models.dashboard import DataSourceRef, VariableRefresh
 
@@ -300,8 +300,7 @@ def build(spec: DashboardSpec) -> dict[str, Any]:
             .query("label_values(monitor_segment_reward_mean, segment)").refresh(VariableRefresh.ON_TIME_RANGE_CHANGED))
     x = y = 0
     for number, panel in enumerate(spec.panels):
-        kinds: dict[str, Any] = {"timeseries": timeseries.Panel, "stat": stat.Panel, "table": table.Panel}
-        builder: Any = kinds[panel.kind]()
+        builder: Any = _panel(panel.kind)
         builder = builder.id(number + 1).title(panel.title).description(panel.description).datasource(datasource)
         builder = builder.unit(panel.unit).height(8).span(panel.width)
         if panel.min_val is not None:
@@ -323,6 +322,25 @@ def build(spec: DashboardSpec) -> dict[str, Any]:
         board = board.with_panel(builder)
     encoded = JSONEncoder(sort_keys=True, indent=2).encode(board.build())
     return dict(json.loads(encoded))
+
+
+def _panel(kind: str) -> Any:
+    """A panel builder of ``kind`` with its display options set (Grafana gets no null ``options``)."""
+    from grafana_foundation_sdk.builders import common, stat, table, timeseries
+    from grafana_foundation_sdk.models import common as models
+
+    if kind == "timeseries":
+        return (timeseries.Panel()
+                .legend(common.VizLegendOptions().display_mode(models.LegendDisplayMode.LIST)
+                        .placement(models.LegendPlacement.BOTTOM).show_legend(True))
+                .tooltip(common.VizTooltipOptions().mode(models.TooltipDisplayMode.MULTI)
+                         .sort(models.SortOrder.DESCENDING)))
+    if kind == "stat":
+        return (stat.Panel().reduce_options(common.ReduceDataOptions().calcs(["lastNotNull"]).values(False))
+                .graph_mode(models.BigValueGraphMode.AREA).color_mode(models.BigValueColorMode.VALUE))
+    if kind == "table":
+        return table.Panel().show_header(True)
+    raise ValueError(f"unknown panel kind {kind!r}")
 
 
 def _table_format() -> Any:

@@ -125,6 +125,7 @@ def test_every_panel_says_what_it_shows_and_what_to_do_and_alert_panels_link_the
         assert board["uid"] == spec.uid and board["description"]
         for panel in board["panels"]:
             assert len(panel["description"]) >= 80, panel["title"]
+            assert panel["options"], panel["title"]  # display options set, never null
             assert panel["datasource"]["uid"] == dashboards.DATASOURCE_UID
             for target in panel["targets"]:
                 assert target["datasource"]["uid"] == dashboards.DATASOURCE_UID
