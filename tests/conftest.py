@@ -70,7 +70,8 @@ def migrated_url(database_url: str) -> str:
 
 @pytest.fixture
 def topic_settings(broker: EmbeddedBroker) -> Callable[..., Settings]:
-    """Settings on the session broker with topics of their own (3 partitions each)."""
+    """Settings on the session broker with topics of their own (3 partitions for conversations and
+    ratings, 1 for dead letters, flags and relabel events)."""
 
     def make(**overrides: object) -> Settings:
         suffix = uuid.uuid4().hex[:8]
@@ -79,6 +80,9 @@ def topic_settings(broker: EmbeddedBroker) -> Callable[..., Settings]:
             "conversations_topic": f"conversations-{suffix}",
             "ratings_topic": f"ratings-{suffix}",
             "dlq_topic": f"dlq-{suffix}",
+            # The topics the service writes too: a test reading one from the start sees only its own.
+            "flags_topic": f"flags-{suffix}",
+            "relabel_topic": f"relabel-cycles-{suffix}",
             "consumer_group": f"group-{suffix}",
             "session_timeout_ms": 6000,
             "max_poll_interval_ms": 20_000,
@@ -89,7 +93,8 @@ def topic_settings(broker: EmbeddedBroker) -> Callable[..., Settings]:
         }
         values.update(overrides)
         settings = Settings(**values)  # type: ignore[arg-type]
-        broker.create_topics({settings.conversations_topic: 3, settings.ratings_topic: 3, settings.dlq_topic: 1})
+        broker.create_topics({settings.conversations_topic: 3, settings.ratings_topic: 3, settings.dlq_topic: 1,
+                              settings.flags_topic: 1, settings.relabel_topic: 1})
         return settings
 
     return make
