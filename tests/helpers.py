@@ -6,13 +6,19 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer
+from prometheus_client import CollectorRegistry
 
+from monitor.api.app import create_app
+from monitor.api.context import AppContext
+from monitor.api.server import ApiServer
 from monitor.config import Settings
-from monitor.scoring.base import Scorer
+from monitor.health import HealthState
+from monitor.scoring.base import ProducerRewardScorer, Scorer
 from monitor.service import run_service
 from monitor.store.db import make_engine, make_session_factory
 from monitor.store.keys import create_key
@@ -127,3 +133,20 @@ def read_topic(settings: Settings, topic: str, expected: int, timeout: float = 3
     finally:
         consumer.close(autocommit=False)
     return messages
+
+
+@contextmanager
+def running_api(database_url: str, health: HealthState | None = None) -> Iterator[tuple[str, Any]]:
+    """The API alone on a free loopback port over ``database_url`` (producer rewards, a fresh
+    registry); yields its URL and a session factory; stops it and disposes the engine."""
+    engine = make_engine(database_url)
+    sessions = make_session_factory(engine)
+    server = ApiServer(create_app(AppContext(Settings(database_url=database_url), engine, sessions,
+                                             health or HealthState(), CollectorRegistry(), ProducerRewardScorer())),
+                       "127.0.0.1", 0)
+    server.start()
+    try:
+        yield server.url, sessions
+    finally:
+        server.stop()
+        engine.dispose()

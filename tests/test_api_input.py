@@ -8,33 +8,21 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from prometheus_client import CollectorRegistry
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from monitor.api.app import create_app
-from monitor.api.context import AppContext
-from monitor.api.server import ApiServer
-from monitor.config import Settings
 from monitor.health import HealthState
 from monitor.ingest.records import KafkaRecord
-from monitor.scoring.base import ProducerRewardScorer
-from monitor.store.db import make_engine, make_session_factory
+from monitor.store.db import make_engine
 from tests.analysis_data import write_records
 from tests.factories import conversation, wire
-from tests.helpers import api_key
+from tests.helpers import api_key, running_api
 
 
 @pytest.fixture
 def api(migrated_url: str):
-    engine = make_engine(migrated_url)
-    sessions = make_session_factory(engine)
-    server = ApiServer(create_app(AppContext(Settings(database_url=migrated_url), engine, sessions, HealthState(),
-                                             CollectorRegistry(), ProducerRewardScorer())), "127.0.0.1", 0)
-    server.start()
-    yield server.url, sessions
-    server.stop()
-    engine.dispose()
+    with running_api(migrated_url) as api:
+        yield api
 
 
 @pytest.mark.parametrize("path", [
@@ -75,26 +63,19 @@ def test_an_unexpected_failure_is_a_json_500_that_leaks_nothing(api, migrated_ur
 
 
 def test_readyz_fails_while_store_writes_fail_and_says_so(migrated_url: str) -> None:
-    engine = make_engine(migrated_url)
     health = HealthState()
     health.mark_broker(True)
-    server = ApiServer(create_app(AppContext(Settings(database_url=migrated_url), engine, make_session_factory(engine),
-                                             health, CollectorRegistry(), ProducerRewardScorer())), "127.0.0.1", 0)
-    server.start()
-    try:
-        assert httpx.get(f"{server.url}/readyz", timeout=30).status_code == 200  # no write tried yet
+    with running_api(migrated_url, health) as (url, _):
+        assert httpx.get(f"{url}/readyz", timeout=30).status_code == 200  # no write tried yet
         health.mark_store(False, "OperationalError: could not extend file: No space left on device")
-        failing = httpx.get(f"{server.url}/readyz", timeout=30)
+        failing = httpx.get(f"{url}/readyz", timeout=30)
         assert failing.status_code == 503
         assert failing.json()["checks"]["database"] == {
             "ok": False, "error": "the last ingest write failed: OperationalError: could not extend file: "
                                   "No space left on device"}
         assert failing.json()["checks"]["broker"]["ok"] is True  # the right dependency is blamed
         health.mark_store(True)
-        assert httpx.get(f"{server.url}/readyz", timeout=30).status_code == 200
-    finally:
-        server.stop()
-        engine.dispose()
+        assert httpx.get(f"{url}/readyz", timeout=30).status_code == 200
 
 
 def test_database_errors_do_not_carry_the_statement_parameters(migrated_url: str) -> None:

@@ -11,22 +11,14 @@ import json
 
 import httpx
 import pytest
-from prometheus_client import CollectorRegistry
 from sqlalchemy import select
 
-from monitor.api.app import create_app
-from monitor.api.context import AppContext
-from monitor.api.server import ApiServer
-from monitor.config import Settings
-from monitor.health import HealthState
 from monitor.ingest.records import KafkaRecord
 from monitor.relabel.export import COLUMNS
-from monitor.scoring.base import ProducerRewardScorer
-from monitor.store.db import make_engine, make_session_factory
 from monitor.store.models import ReviewAnnotation, ReviewItem
 from tests.analysis_data import write_records
 from tests.factories import conversation, wire
-from tests.helpers import api_key
+from tests.helpers import api_key, running_api
 
 CARD, EMAIL = "4111 1111 1111 1111", "jane.doe@example.com"
 #: Per conversation: the annotators' answers, "served" / "candidate" / "tie" (the first through the
@@ -42,14 +34,8 @@ ANSWERS: dict[str, list[str] | None] = {
 
 @pytest.fixture
 def export_api(migrated_url: str):
-    engine = make_engine(migrated_url)
-    sessions = make_session_factory(engine)
-    server = ApiServer(create_app(AppContext(Settings(database_url=migrated_url), engine, sessions, HealthState(),
-                                             CollectorRegistry(), ProducerRewardScorer())), "127.0.0.1", 0)
-    server.start()
-    yield server.url, sessions
-    server.stop()
-    engine.dispose()
+    with running_api(migrated_url) as api:
+        yield api
 
 
 def candidate_conversations(names, *, domain: str = "payments") -> list[KafkaRecord]:
