@@ -83,7 +83,7 @@ class CycleRequest(BaseModel):
     since: AwareDatetime | None = None
     until: AwareDatetime | None = None
     mode: Annotated[str | None, Field(max_length=32)] = None
-    alert_id: int | None = Field(default=None, ge=1)
+    alert_id: int | None = Field(default=None, ge=1, le=2**63 - 1)  # BIGINT in the store
     size: int = Field(ge=1, le=MAX_SIZE)
     strategy: Literal["divergence", "uncertainty", "random"] = "divergence"
     deadline: AwareDatetime | None = None

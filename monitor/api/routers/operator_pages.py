@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from monitor.api.alert_view import alert_page
 from monitor.api.auth import Principal
-from monitor.api.deps import ContextDep
+from monitor.api.deps import ContextDep, RowId
 from monitor.api.pages import (
     key_holder,
     operator,
@@ -81,7 +81,7 @@ def alerts(request: Request, context: ContextDep, state: Literal["firing", "reso
 
 
 @router.get("/alerts/{alert_id}")
-def show_alert(alert_id: int, request: Request, context: ContextDep) -> Response:
+def show_alert(alert_id: RowId, request: Request, context: ContextDep) -> Response:
     caller = operator(request, context)
     if isinstance(caller, Response):
         return caller
@@ -102,7 +102,7 @@ def _alert(context: ContextDep, caller: Principal, alert_id: int, *, error: str 
 
 
 @router.post("/alerts/{alert_id}/relabel")
-async def open_cycle(alert_id: int, request: Request, context: ContextDep) -> Response:
+async def open_cycle(alert_id: RowId, request: Request, context: ContextDep) -> Response:
     form = {name: str(value) for name, value in (await request.form()).items()}
     return await run_in_threadpool(_open_cycle, alert_id, request, context, form)
 
@@ -142,7 +142,7 @@ def cycles(request: Request, context: ContextDep, opened: int | None = None, cre
 
 
 @router.get("/cycles/{cycle_id}")
-def show_cycle(cycle_id: int, request: Request, context: ContextDep) -> Response:
+def show_cycle(cycle_id: RowId, request: Request, context: ContextDep) -> Response:
     caller = operator(request, context)
     if isinstance(caller, Response):
         return caller

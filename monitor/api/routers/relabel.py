@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Header, Query
 from fastapi.responses import JSONResponse, Response
 
 from monitor.api.auth import Principal, require
-from monitor.api.deps import ContextDep, SessionDep
+from monitor.api.deps import ContextDep, RowId, SessionDep
 from monitor.auth import ADMIN, VIEW
 from monitor.relabel.cycles import CycleRequest
 from monitor.relabel.export import MEDIA_TYPES, ExportFormat, cycle_export, render
@@ -37,7 +37,7 @@ def list_cycles(context: ContextDep, _caller: Viewer,
 
 
 @router.get("/{cycle_id}")
-def show_cycle(cycle_id: int, context: ContextDep, _caller: Viewer) -> dict[str, Any]:
+def show_cycle(cycle_id: RowId, context: ContextDep, _caller: Viewer) -> dict[str, Any]:
     """Status, progress (pairs labelled) and the preferences so far."""
     return context.cycles.get(cycle_id)
 
@@ -46,7 +46,7 @@ def show_cycle(cycle_id: int, context: ContextDep, _caller: Viewer) -> dict[str,
             responses={200: {"content": {media: {} for media in MEDIA_TYPES.values()},
                              "description": "The preference dataset, as an attachment."},
                        409: {"description": "No pair has a clear human preference yet."}})
-def export_cycle(cycle_id: int, _caller: Viewer, session: SessionDep,
+def export_cycle(cycle_id: RowId, _caller: Viewer, session: SessionDep,
                  fmt: Annotated[ExportFormat, Query(alias="format")] = "jsonl") -> Response:
     """The cycle's labelled pairs as a TRL preference dataset (conversational prompt / chosen / rejected,
     redacted text, provenance columns); ties and unlabelled pairs are left out (docs/relabel.md)."""
@@ -56,5 +56,5 @@ def export_cycle(cycle_id: int, _caller: Viewer, session: SessionDep,
 
 
 @router.post("/{cycle_id}/cancel")
-def cancel_cycle(cycle_id: int, context: ContextDep, caller: Admin) -> dict[str, Any]:
+def cancel_cycle(cycle_id: RowId, context: ContextDep, caller: Admin) -> dict[str, Any]:
     return context.cycles.cancel(cycle_id, caller.name)

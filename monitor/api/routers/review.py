@@ -16,9 +16,10 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validato
 from sqlalchemy import select
 
 from monitor.api.auth import Principal, require
-from monitor.api.deps import ContextDep, SessionDep
+from monitor.api.deps import MAX_ROW_ID, ContextDep, RowId, SessionDep
 from monitor.auth import ADMIN, ANNOTATE, ROLES, VIEW
 from monitor.errors import InvalidInput
+from monitor.events import MAX_TURN
 from monitor.review.report import build_report
 from monitor.review.rubric import MAX_COMMENT
 from monitor.store.models import ReviewItem
@@ -56,14 +57,14 @@ class SkipIn(_Body):
 
 class GoldIn(_Body):
     conversation_id: Annotated[str, Field(min_length=1, max_length=256)]
-    turn: Annotated[int, Field(ge=0)]
+    turn: Annotated[int, Field(ge=0, le=MAX_TURN)]
     labels: dict[str, Any]
 
 
 class EnqueueIn(_Body):
     conversation_ids: Annotated[list[Annotated[str, Field(min_length=1, max_length=256)]] | None,
                                 Field(min_length=1, max_length=MAX_ENQUEUE)] = None
-    alert_id: Annotated[int | None, Field(ge=1)] = None
+    alert_id: Annotated[int | None, Field(ge=1, le=MAX_ROW_ID)] = None
     gold: Annotated[list[GoldIn] | None, Field(min_length=1, max_length=MAX_ENQUEUE)] = None
     #: Annotators each item needs (gold items: every annotator who should be checked on it).
     reviews_required: Annotated[int, Field(ge=1, le=50)] = 1
@@ -84,23 +85,23 @@ def next_item(context: ContextDep, caller: Annotator) -> Any:
 
 
 @router.post("/items/{item_id}/annotations", status_code=201)
-def submit(item_id: int, body: AnnotationIn, context: ContextDep, caller: Annotator) -> dict[str, Any]:
+def submit(item_id: RowId, body: AnnotationIn, context: ContextDep, caller: Annotator) -> dict[str, Any]:
     return context.review.submit(item_id, caller.name, body.lease_id, body.labels, body.comment)
 
 
 @router.post("/items/{item_id}/skip")
-def skip(item_id: int, body: SkipIn, context: ContextDep, caller: Annotator) -> dict[str, Any]:
+def skip(item_id: RowId, body: SkipIn, context: ContextDep, caller: Annotator) -> dict[str, Any]:
     return context.review.skip(item_id, caller.name, body.lease_id, body.reason)
 
 
 @router.get("/items/{item_id}/annotations/mine")
-def mine(item_id: int, context: ContextDep, caller: Annotator) -> dict[str, Any]:
+def mine(item_id: RowId, context: ContextDep, caller: Annotator) -> dict[str, Any]:
     """Re-open your annotation of an item."""
     return context.review.mine(item_id, caller.name)
 
 
 @router.put("/items/{item_id}/annotations/mine")
-def edit(item_id: int, body: EditIn, context: ContextDep, caller: Annotator) -> dict[str, Any]:
+def edit(item_id: RowId, body: EditIn, context: ContextDep, caller: Annotator) -> dict[str, Any]:
     """Change your annotation of an item (the audit trail keeps the previous labels)."""
     return context.review.edit(item_id, caller.name, body.labels, body.comment)
 

@@ -18,7 +18,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from monitor.api.auth import Principal, principal_of
-from monitor.api.deps import ContextDep
+from monitor.api.deps import ContextDep, RowId
 from monitor.auth import ANNOTATE
 from monitor.errors import InvalidInput, MonitorError
 
@@ -92,7 +92,7 @@ def _next(context: ContextDep, caller: Principal, *, notice: str | None = None, 
 
 
 @router.post("/items/{item_id}/annotate")
-async def annotate(item_id: int, request: Request, context: ContextDep) -> Response:
+async def annotate(item_id: RowId, request: Request, context: ContextDep) -> Response:
     form = {name: str(value) for name, value in (await request.form()).items()}
     return await run_in_threadpool(_annotate, item_id, request, context, form)
 
@@ -117,7 +117,7 @@ def _annotate(item_id: int, request: Request, context: ContextDep, form: dict[st
 
 
 @router.post("/items/{item_id}/skip")
-async def skip(item_id: int, request: Request, context: ContextDep) -> Response:
+async def skip(item_id: RowId, request: Request, context: ContextDep) -> Response:
     form = {name: str(value) for name, value in (await request.form()).items()}
     return await run_in_threadpool(_skip, item_id, request, context, form)
 
