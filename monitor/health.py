@@ -6,7 +6,7 @@ neither imports the other.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 
@@ -18,6 +18,13 @@ class HealthState:
     store_error: str | None = None
     last_batch_at: datetime | None = None
     batches: int = 0
+    #: ``"topic:partition"`` → why its stored offset keeps it from being consumed: not yet checked
+    #: against the partition's log, or outside it under ``MONITOR_OFFSET_RESET=none``. Replaced
+    #: whole, never mutated, so the API thread can read it without a lock.
+    offset_problems: dict[str, str] = field(default_factory=dict)
+    #: The last reset of an out-of-range stored offset (topic, partition, reason, stored offset,
+    #: log start and end, policy, where it restarted, when), shown by ``/readyz``.
+    last_offset_reset: dict[str, object] | None = None
 
     def mark_broker(self, ok: bool, error: str | None = None) -> None:
         self.broker_ok, self.broker_error = ok, error
