@@ -49,17 +49,22 @@ def _fail(exc: MonitorError) -> typer.Exit:
 
 
 @app.command()
-def serve() -> None:
-    """Run ingest (Kafka -> store) and the HTTP API until SIGTERM / Ctrl-C."""
+def serve(
+    role: Annotated[str | None, typer.Option(
+        help="all: ingest, analyzer and API in one process; worker: ingest (run N in one consumer group); "
+        "analyzer: signal deriver and analyzer schedule (one runs at a time); api: the API. Default: "
+        "MONITOR_ROLE, else all.", show_default=False)] = None,
+) -> None:
+    """Run ingest (Kafka -> store), the analyzer and the HTTP API (or one of them: --role) until SIGTERM / Ctrl-C."""
     from monitor.logs import configure_logging
     from monitor.service import install_stop_signals, run_service
 
-    settings = _settings()
+    settings = _settings(role=role)
     configure_logging(settings.log_level)
     stop = threading.Event()
     install_stop_signals(stop)
     try:
-        run_service(settings, stop)
+        run_service(settings, stop, tune_collector=True)
     except MonitorError as exc:
         raise _fail(exc) from exc
 

@@ -2,6 +2,8 @@
 
 A run, under the analyzer lock (a PostgreSQL advisory lock on a connection of its own):
 
+0. **Sweep**: join ratings two workers' ingest transactions left unjoined beside their turn
+   (:mod:`monitor.store.sweep`), so they enter this run like any other.
 1. **Derive** the signals of new turns, a chunk per transaction (:mod:`monitor.analyze.derive`),
    unless a :class:`~monitor.analyze.derive.SignalDeriver` does it continuously (``serve``).
 2. **Read** one consistent snapshot in one short read-only transaction: the segments' states, the
@@ -85,6 +87,7 @@ from monitor.store.analysis import (
 )
 from monitor.store.models import Alert, AnalysisRun, utcnow
 from monitor.store.review import stats as review_stats
+from monitor.store.sweep import join_missed_ratings
 
 if TYPE_CHECKING:
     from monitor.analyze.drift import DriftReport
@@ -109,6 +112,7 @@ class RunSummary:
     entered: int = 0  # rated turns fed to the detectors by this run
     labelled: int = 0  # rated turns fed to the detectors so far (all runs)
     derived: int = 0  # turns whose signals this run derived
+    swept: int = 0  # ratings joined by the sweep (their ingest transactions missed each other)
     scored: int = 0  # turns whose per-sample divergence this run set
     fitted: list[str] = field(default_factory=list)
     pages: int = 0  # pages of entry time this run went through (more than 1: a catch-up)
@@ -262,6 +266,13 @@ class Analyzer:
 
     def _run(self, summary: RunSummary, drift: bool | None) -> None:
         lap = time.monotonic()
+        # Before anything is read: ratings two workers' transactions left unjoined enter this run.
+        with self.sessions.begin() as session:
+            self._bound(session)
+            summary.swept = join_missed_ratings(session)
+        if summary.swept and self.metrics:
+            self.metrics.ratings_swept.inc(summary.swept)
+        lap = _lap(summary.phases, "sweep", lap)
         if self.derive:
             summary.derived = fill_signals(self.sessions, required_language=self.settings.required_language,
                                            prepare=self._bound,
@@ -312,7 +323,7 @@ class Analyzer:
         self._queue_reviews(summary, snapshot.watermark)
         _lap(summary.phases, "review", lap)
         log.info("analysis run", extra={"entered": summary.entered, "labelled": summary.labelled,
-                                        "derived": summary.derived, "scored": summary.scored,
+                                        "derived": summary.derived, "swept": summary.swept, "scored": summary.scored,
                                         "fitted": summary.fitted, "opened": summary.opened,
                                         "resolved": summary.resolved, "firing": summary.firing,
                                         "pages": summary.pages,
