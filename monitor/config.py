@@ -48,6 +48,11 @@ class Settings(BaseSettings):
         default=300.0, ge=0, le=86_400, allow_inf_nan=False,
         description="An event whose ts is further ahead of the ingest clock is dead-lettered (future_timestamp).",
     )
+    offset_reset: Literal["earliest", "latest", "none"] = Field(
+        default="earliest", description="Where a partition whose stored offset lies outside its log (past the "
+        "end: the log was recreated; before the start: retention deleted unread records) restarts: earliest "
+        "(re-reading is harmless, writes are idempotent), latest, or none (paused, /readyz not ready).",
+    )
     ingest_timestamp_floor: AwareDatetime = Field(
         default=datetime(2000, 1, 1, tzinfo=UTC),
         description="An event whose ts is earlier is dead-lettered (ancient_timestamp).",
@@ -192,8 +197,22 @@ class Settings(BaseSettings):
         default=30.0, gt=0, le=3600, description="Wait before the first retry; doubled each retry (at most 1 hour)."
     )
 
+    role: Literal["all", "worker", "analyzer", "api"] = Field(
+        default="all", description="What `monitor serve` runs: all (ingest, analyzer, API), worker (ingest), "
+        "analyzer (signal deriver, analyzer schedule) or api (the API); `--role` overrides it (docs/ingest.md).",
+    )
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=0, le=65535)
+    api_max_body_bytes: int = Field(
+        default=1_048_576, ge=1024, le=1_073_741_824,
+        description="Largest request body the API reads (413 beyond it); the largest legitimate ones, "
+        "1000-item manual enqueues, stay well under the default 1 MiB.",
+    )
+    api_rate_limit_per_minute: int = Field(
+        default=600, ge=0, le=1_000_000,
+        description="Requests per minute each API key may make to /v1 (a burst of as many), and each client "
+        "address without a known key; 429 beyond it. Per API process; 0 turns the limit off.",
+    )
 
     log_level: str = "INFO"
 
@@ -203,6 +222,13 @@ class Settings(BaseSettings):
             raise ValueError("relabel_webhook_url needs relabel_webhook_secret: the webhook is always signed")
         if self.relabel_webhook_url and not self.relabel_webhook_url.startswith(("http://", "https://")):
             raise ValueError(f"relabel_webhook_url must be an http(s) URL, got {self.relabel_webhook_url!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _analyzer_scheduled(self) -> Settings:
+        if self.role == "analyzer" and self.analyze_interval_seconds == 0:
+            raise ValueError("MONITOR_ROLE=analyzer runs the analyzer schedule: "
+                             "MONITOR_ANALYZE_INTERVAL_SECONDS must be > 0")
         return self
 
     @field_validator("log_level")

@@ -99,7 +99,7 @@ def run_demo(settings: Settings, *, rate: float, duration: float, seed: int,
             threading.Thread(target=_show_progress, args=(settings, produced, stop, console, duration),
                              name="progress", daemon=True).start()
 
-        run_service(settings, stop, on_api_started=on_api)
+        run_service(settings, stop, on_api_started=on_api, tune_collector=True)
         if failure:
             raise failure[0]
     finally:

@@ -17,6 +17,7 @@ FAILURE_STAGES = ("scoring", "dead_letter_topic", "store", "commit")
 ANALYSIS_DETECTORS = ("cusum", "rank_drop")
 RELABEL_STATUSES = ("collecting", "complete", "expired", "cancelled", "insufficient")
 RELABEL_WEBHOOK_OUTCOMES = ("delivered", "retrying", "gave_up")
+OFFSET_RESET_REASONS = ("past_end", "before_start")
 
 
 def _value(value: float | None) -> float:
@@ -67,6 +68,13 @@ class Metrics:
             "monitor_batch_failures_total",
             "Batches that failed and will be retried from their first offset, by stage.",
             ["stage"],
+            registry=registry,
+        )
+        self.offset_resets = Counter(
+            "monitor_offset_resets_total",
+            "Partitions whose stored offset lay outside the log and were reset by MONITOR_OFFSET_RESET, by "
+            "topic and reason (past_end: the log was recreated; before_start: retention deleted unread records).",
+            ["topic", "reason"],
             registry=registry,
         )
         self.consumer_lag = Gauge(
@@ -127,6 +135,11 @@ class Metrics:
             "monitor_signals_derive_duration_seconds",
             "Wall time of one pass of the signal deriver (up to 500 turns: read, classify, write).",
             buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=registry,
+        )
+        self.ratings_swept = Counter(
+            "monitor_ratings_swept_total", "Ratings the analyzer's sweep joined to a turn stored beside them "
+            "(two workers' transactions wrote the pair without seeing each other; monitor.store.sweep).",
             registry=registry,
         )
         self.analyze_runs = Counter(

@@ -2,6 +2,17 @@
 
 `monitor serve` calls it; so does `monitor demo`. SIGTERM or SIGINT finishes the batch in flight,
 closes the consumer and the API server, and returns.
+
+What runs depends on the role (``MONITOR_ROLE`` or ``monitor serve --role``, docs/ingest.md):
+
+======== ========================================== ==========================================
+role     runs                                       serves on ``MONITOR_API_PORT``
+======== ========================================== ==========================================
+all      ingest, signal deriver, analyzer schedule  the API (``/v1``, pages, probes, metrics)
+worker   ingest (one member of the consumer group)  ``/healthz``, ``/readyz``, ``/metrics``
+analyzer signal deriver, analyzer schedule          ``/healthz``, ``/readyz``, ``/metrics``
+api      nothing in the background                  the API
+======== ========================================== ==========================================
 """
 
 from __future__ import annotations
@@ -9,9 +20,11 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 
 from prometheus_client import CollectorRegistry
+from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -19,21 +32,33 @@ from monitor.analyze.derive import SignalDeriver
 from monitor.analyze.runner import Analyzer, AnalyzerThread
 from monitor.api.app import create_app
 from monitor.api.context import AppContext
+from monitor.api.probes import create_probe_app
 from monitor.api.server import ApiServer
 from monitor.config import Settings
 from monitor.errors import BrokerUnavailable, StoreUnavailable
+from monitor.gc_tuning import tune_gc
 from monitor.health import HealthState
+from monitor.ingest.backlog import Backlog
 from monitor.ingest.dead_letters import DeadLetterPublisher
 from monitor.ingest.loop import IngestLoop
-from monitor.ingest.source import KafkaEventSource, Position
+from monitor.ingest.source import KafkaEventSource, Position, stored_offset_resets
 from monitor.metrics import Metrics
-from monitor.scoring.base import Scorer
+from monitor.scoring.base import ProducerRewardScorer, Scorer
 from monitor.scoring.factory import build_scorer
 from monitor.store.db import make_engine, make_session_factory, masked_url
 from monitor.store.migrate import is_at_head, upgrade
 from monitor.store.writes import load_offsets, register_partitions
 
 log = logging.getLogger(__name__)
+
+#: The roles that consume Kafka, run the analyzer schedule, and serve the API (not just probes).
+INGEST_ROLES = ("all", "worker")
+ANALYZER_ROLES = ("all", "analyzer")
+API_ROLES = ("all", "api")
+
+#: Arbitrary but fixed key of the PostgreSQL advisory lock held while migrating (distinct from
+#: the analyzer's): processes started together (N workers, an analyzer, the API) migrate in turn.
+MIGRATION_LOCK_KEY = 0x6D6F6E6D  # "monm"
 
 
 def offsets_from_store(
@@ -53,7 +78,8 @@ def prepare_database(settings: Settings) -> None:
     """Migrate the store to head (or check it is there); raise :class:`StoreUnavailable`."""
     try:
         if settings.db_auto_upgrade:
-            upgrade(settings.database_url)
+            with _migration_lock(settings.database_url):
+                upgrade(settings.database_url)
         elif not is_at_head(settings.database_url):
             raise StoreUnavailable(
                 "the database schema is not at the latest migration: run `monitor db upgrade` "
@@ -61,6 +87,29 @@ def prepare_database(settings: Settings) -> None:
             )
     except SQLAlchemyError as exc:
         raise StoreUnavailable(f"cannot prepare the database at {masked_url(settings.database_url)}: {exc}") from exc
+
+
+@contextmanager
+def _migration_lock(url: str) -> Iterator[None]:
+    """Hold :data:`MIGRATION_LOCK_KEY` for the block (PostgreSQL; SQLite serves one process anyway).
+
+    Alembic reads the current revision before it migrates, so two processes migrating at once
+    would both try to create the same tables; the one that waits finds the schema at head."""
+    engine = make_engine(url)
+    try:
+        if engine.dialect.name != "postgresql":
+            yield
+            return
+        with engine.connect() as connection:
+            connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+            connection.commit()
+            try:
+                yield
+            finally:
+                connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY})
+                connection.commit()
+    finally:
+        engine.dispose()
 
 
 def install_stop_signals(stop: threading.Event) -> None:
@@ -78,25 +127,37 @@ def run_service(
     *,
     scorer: Scorer | None = None,
     on_api_started: Callable[[str], None] | None = None,
+    tune_collector: bool = False,
 ) -> None:
-    """Run ingest and the API until ``stop`` is set. Blocks."""
+    """Run what ``settings.role`` runs (see the module docstring) until ``stop`` is set. Blocks.
+    ``on_api_started`` is called with the URL of the HTTP server (the API, or the probes).
+    ``tune_collector`` (the CLI's processes, not tests that run the service in a thread) applies
+    :func:`monitor.gc_tuning.tune_gc` once everything is loaded, before ingest starts."""
+    role = settings.role
     prepare_database(settings)
-    scorer = scorer or build_scorer(settings)
-    log.info("scorer ready", extra={"scorer": scorer.identity})
+    if role != "analyzer":
+        scorer = scorer or build_scorer(settings)
+        log.info("scorer ready", extra={"scorer": scorer.identity})
     engine = make_engine(settings.database_url)
     sessions = make_session_factory(engine)
     registry = CollectorRegistry()
     metrics = Metrics(registry)
     health = HealthState()
-    app = create_app(AppContext(settings, engine, sessions, health, registry, scorer))
-    api = ApiServer(app, settings.api_host, settings.api_port)
+    # The analyzer scores nothing (it reads stored scores); its /readyz does not ask a scorer.
+    context = AppContext(settings, engine, sessions, health, registry, scorer or ProducerRewardScorer())
+    api = ApiServer(create_app(context) if role in API_ROLES else create_probe_app(context),
+                    settings.api_host, settings.api_port)
     api.start()
-    log.info("API listening", extra={"url": api.url})
+    log.info("API listening" if role in API_ROLES else "probes listening", extra={"url": api.url, "role": role})
     analyzer = deriver = None
-    if settings.analyze_interval_seconds > 0:
+    # In one process with ingest, the deriver gives way while ingest is behind the log (both need
+    # the CPU; a backlog is consumed first, and signals follow within seconds of catching up).
+    backlog = Backlog(settings.batch_size) if role in INGEST_ROLES else None
+    if role in ANALYZER_ROLES and settings.analyze_interval_seconds > 0:
         if settings.derive_interval_seconds > 0:
             deriver = SignalDeriver(sessions, stop, interval=settings.derive_interval_seconds,
-                                    required_language=settings.required_language, metrics=metrics)
+                                    required_language=settings.required_language, metrics=metrics,
+                                    defer_to=backlog.behind if backlog is not None else None)
             deriver.start()
         analyzer = AnalyzerThread(
             Analyzer(settings, sessions, metrics=metrics, derive=deriver is None),
@@ -105,9 +166,38 @@ def run_service(
         analyzer.start()
     if on_api_started:
         on_api_started(api.url)
+    try:
+        if role in INGEST_ROLES:
+            assert scorer is not None
+            if tune_collector:
+                tune_gc()
+            _ingest(settings, sessions, scorer, metrics, health, stop, backlog)
+        else:
+            stop.wait()
+    finally:
+        api.stop()
+        if analyzer is not None:
+            stop.set()  # ingest may have ended on its own (no broker); the schedule ends with it
+            analyzer.join(timeout=60)
+        if deriver is not None:
+            deriver.join(timeout=60)
+        engine.dispose()
+        log.info("service stopped", extra={"role": role})
+
+
+def _ingest(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    scorer: Scorer,
+    metrics: Metrics,
+    health: HealthState,
+    stop: threading.Event,
+    backlog: Backlog | None = None,
+) -> None:
+    """Consume as one member of ``settings.consumer_group`` until ``stop`` is set."""
     source = dlq = None
     try:
-        source, dlq = _connect(settings, sessions, health, stop)
+        source, dlq = _connect(settings, sessions, health, stop, metrics)
         if source is None or dlq is None:
             return
         loop = IngestLoop(
@@ -118,6 +208,7 @@ def run_service(
             dead_letter_sink=dlq,
             metrics=metrics,
             health=health,
+            backlog=backlog,
         )
         loop.run(stop)
     finally:
@@ -125,18 +216,11 @@ def run_service(
             source.close()
         if dlq is not None:
             dlq.close()
-        api.stop()
-        if analyzer is not None:
-            stop.set()  # ingest may have ended on its own (no broker); the schedule ends with it
-            analyzer.join(timeout=60)
-        if deriver is not None:
-            deriver.join(timeout=60)
-        engine.dispose()
-        log.info("service stopped")
 
 
 def _connect(
-    settings: Settings, sessions: sessionmaker[Session], health: HealthState, stop: threading.Event
+    settings: Settings, sessions: sessionmaker[Session], health: HealthState, stop: threading.Event,
+    metrics: Metrics | None = None,
 ) -> tuple[KafkaEventSource | None, DeadLetterPublisher | None]:
     """Connect to Kafka, retrying with backoff (readyz says why) until it answers or stop is set."""
     backoff = settings.retry_backoff_seconds
@@ -144,7 +228,9 @@ def _connect(
         try:
             dlq = DeadLetterPublisher(settings.bootstrap_servers, settings.dlq_topic)
             try:
-                source = KafkaEventSource(settings, offsets_from_store(sessions, settings.consumer_group))
+                source = KafkaEventSource(settings, offsets_from_store(sessions, settings.consumer_group),
+                                          reset_stored=stored_offset_resets(sessions, settings.consumer_group),
+                                          metrics=metrics, health=health)
             except BrokerUnavailable:
                 dlq.close()
                 raise

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 import zlib
 from datetime import UTC, datetime, timedelta
@@ -272,6 +273,31 @@ def test_the_deriver_keeps_up_with_new_turns_and_outlives_a_failed_pass(sessions
     assert registry.get_sample_value("monitor_signals_derived_total") == total
     with pytest.raises(ValueError, match="interval"):
         SignalDeriver(sessions, stop, interval=0)
+
+
+def test_the_deriver_gives_way_while_ingest_is_behind_but_never_stops(sessions) -> None:
+    write(sessions, TrafficSimulator(12).conversations(40))
+    derive.derive_signals([("Can I freeze my card?", "Yes, in the app.", "cards")])  # classifiers loaded
+    behind = threading.Event()
+    behind.set()
+    stop = threading.Event()
+    deriver = SignalDeriver(sessions, stop, interval=0.2, chunk=16, defer_to=behind.is_set, max_defer=1.5)
+    started = time.monotonic()
+    deriver.start()
+    try:
+        time.sleep(0.8)
+        assert pending(sessions) == 40  # ingest is behind: nothing derived yet
+        # Still behind: one pass per max_defer seconds, so the work goes on, slowly.
+        wait_for(lambda: pending(sessions) < 40, timeout=30, interval=0.05, what="a pass after max_defer")
+        assert time.monotonic() - started >= 1.5
+        left = pending(sessions)
+        assert left > 0
+        behind.clear()  # caught up: the rest follows at once
+        wait_for(lambda: pending(sessions) == 0, timeout=60, interval=0.1, what="every turn derived")
+    finally:
+        stop.set()
+        deriver.join(timeout=30)
+    assert deriver.deferred_seconds >= 1.5
 
 
 def test_a_run_that_does_not_derive_stops_before_the_first_rated_turn_without_signals(

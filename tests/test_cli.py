@@ -201,12 +201,27 @@ def test_demo_with_a_duration_stops_by_itself(tmp_path) -> None:
     assert counts(f"sqlite:///{tmp_path / 'monitor.db'}").turns > 20
 
 
-def test_bench_ingest_prints_both_rates_and_the_ratio(pg_databases) -> None:
+def test_bench_ingest_prints_every_path_and_the_ratio(pg_databases) -> None:
     result = run("bench", "ingest", "--events", "2000", "--database-url", pg_databases(), timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
+    assert "(C CRC-32C on every path)" in result.stdout
     assert re.search(r"\(a\) bare kafka-python loop\s+[\d,]+ events/s", result.stdout)
-    assert re.search(r"\(b\) monitor ingest -> postgresql\s*[\d,]+ events/s", result.stdout)
-    assert re.search(r"ratio \(b\)/\(a\)\s+\d+\.\d\d", result.stdout)
+    assert re.search(r"\(b\) ingest loop -> postgresql\s+[\d,]+ events/s .* \d+\.\d\d of \(a\)", result.stdout)
+    assert re.search(r"\(c\) serve as deployed -> postgresql\s*[\d,]+ events/s", result.stdout)
+    assert re.search(r"ratio \(c\)/\(a\)\s+\d+\.\d\d", result.stdout)
+
+
+def test_bench_ingest_refuses_the_pure_python_crc(monkeypatch) -> None:
+    from kafka.record import util
+
+    from monitor.bench.ingest import c_crc32c, run_ingest_benchmark
+    from monitor.errors import MonitorError
+
+    assert c_crc32c()  # a dependency: the bench and serve run with the C CRC-32C here
+    monkeypatch.setattr(util.calc_crc32c, "__defaults__", (util.crc32c_py,))
+    assert not c_crc32c()
+    with pytest.raises(MonitorError, match="pure-Python CRC-32C"):
+        run_ingest_benchmark(events=10, database_url="sqlite:///unused.db")
 
 
 def test_serve_reports_an_unreachable_database() -> None:

@@ -169,3 +169,16 @@ def test_a_rolled_back_batch_does_not_break_the_next_one(sessions) -> None:
             raise RuntimeError("crash before commit")
     write(sessions, records(conversation("c-2", 0)))
     assert [t[0] for t in snapshot(sessions)["turns"]] == ["c-2"]
+
+
+def test_any_utc_offset_the_contract_accepts_is_stored_in_utc(sessions) -> None:
+    # PostgreSQL's COPY rejects an offset past 15:59 ("time zone displacement out of range"): rows
+    # carry UTC, so a valid event is never refused (or dead-lettered) for its producer's zone.
+    write(sessions, records(conversation("c-far", ts="2026-11-27T10:00:00+23:59"),
+                            rating("c-far", ts="2026-11-27T10:00:00-23:59", value=0)))
+    with sessions() as session:
+        turn = session.scalars(select(Turn)).one()
+        stored = session.scalars(select(RatingRow)).one()
+    assert turn.ts == datetime(2026, 11, 26, 10, 1, tzinfo=UTC)
+    assert stored.ts == datetime(2026, 11, 28, 9, 59, tzinfo=UTC)
+    assert (stored.joined, stored.entry_at, turn.satisfaction, turn.rated_at) == (True, stored.ts, 0.0, stored.ts)

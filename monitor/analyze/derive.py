@@ -69,23 +69,41 @@ def fill_signals(sessions: sessionmaker[Session], *, required_language: Mapping[
     return filled
 
 
+#: Longest a deriver pass waits for ingest to catch up (``SignalDeriver.defer_to``).
+MAX_DEFER_SECONDS = 5.0
+
+
 class SignalDeriver(threading.Thread):
     """Derives the signals of new turns as they arrive: after each pass that found nothing to do
     it waits ``interval`` seconds (or until ``stop``); a failed pass is logged and retried, never
-    fatal to the service."""
+    fatal to the service. While ``defer_to()`` is true (ingest is behind the log: see
+    :class:`monitor.ingest.backlog.Backlog`) a pass waits, at most ``max_defer`` seconds."""
 
     def __init__(self, sessions: sessionmaker[Session], stop: threading.Event, *, interval: float,
                  required_language: Mapping[str, Sequence[str]] | None = None,
                  prepare: Callable[[Session], None] | None = bound_waits, metrics: Metrics | None = None,
-                 chunk: int = FILL_CHUNK) -> None:
+                 chunk: int = FILL_CHUNK, defer_to: Callable[[], bool] | None = None,
+                 max_defer: float = MAX_DEFER_SECONDS) -> None:
         super().__init__(name="signal-deriver", daemon=True)
         if interval <= 0:
             raise ValueError(f"interval must be > 0, got {interval}")
         self.sessions, self.stop_event, self.interval = sessions, stop, interval
         self.required_language, self.prepare, self.metrics, self.chunk = required_language, prepare, metrics, chunk
+        self.defer_to, self.max_defer = defer_to, max_defer
+        self.deferred_seconds = 0.0
+
+    def _give_way(self) -> None:
+        if self.defer_to is None:
+            return
+        started = time.monotonic()
+        deadline = started + self.max_defer
+        while self.defer_to() and time.monotonic() < deadline and not self.stop_event.wait(0.1):
+            pass
+        self.deferred_seconds += time.monotonic() - started
 
     def run(self) -> None:
         while not self.stop_event.is_set():
+            self._give_way()
             started = time.monotonic()
             try:
                 derived = fill_signals(self.sessions, required_language=self.required_language, chunk=self.chunk,

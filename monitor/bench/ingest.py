@@ -1,10 +1,19 @@
-"""`monitor bench ingest`: our ingest path vs a bare kafka-python consume loop, same events.
+"""`monitor bench ingest`: our ingest vs a bare kafka-python consume loop, same events.
 
-Both paths read the same N events (simulated traffic with producer-side rewards) from the same
-topics, each in its own consumer group. The clock of each path starts at its first record, so the
-consumer-group join (identical for both) is not counted. Our path runs the real `IngestLoop`:
-validate, score (producer rewards), write rows + offsets in one transaction, commit to Kafka.
-The store is a scratch database created next to ``database_url`` and dropped afterwards.
+Three paths read the same N events (simulated traffic with producer-side rewards) from the same
+topics, each in its own consumer group:
+
+(a) the bare loop: poll, commit; what a competent engineer's fastest consumer does;
+(b) the real `IngestLoop` alone: validate, score (producer rewards), write rows + offsets in one
+    transaction, commit to Kafka;
+(c) `serve` as deployed (:func:`monitor.service.run_service`): the same loop beside the API, the
+    signal deriver and the analyzer's schedule, in one process.
+
+Every path runs with kafka-python's C CRC-32C (the `crc32c` package, a dependency): the bench
+refuses to run with the pure-Python fallback, which costs a third of a bare loop's CPU and would
+flatter the ratio. The clock of each path starts at its first record, so the consumer-group join
+(identical for all) is not counted. The store is a scratch database created next to
+``database_url`` and dropped afterwards.
 """
 
 from __future__ import annotations
@@ -21,10 +30,13 @@ from pathlib import Path
 import psycopg
 from kafka import KafkaConsumer
 from prometheus_client import CollectorRegistry
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from monitor.broker import EmbeddedBroker
 from monitor.config import Settings
+from monitor.errors import MonitorError
+from monitor.gc_tuning import tune_gc
 from monitor.health import HealthState
 from monitor.ingest.dead_letters import DeadLetterPublisher
 from monitor.ingest.loop import IngestLoop
@@ -32,41 +44,57 @@ from monitor.ingest.records import KafkaRecord
 from monitor.ingest.source import KafkaEventSource
 from monitor.metrics import Metrics
 from monitor.scoring.base import ProducerRewardScorer
-from monitor.service import offsets_from_store
+from monitor.service import offsets_from_store, run_service
 from monitor.sim.produce import produce
 from monitor.sim.traffic import TrafficSimulator
 from monitor.store.db import make_engine, make_session_factory, normalise_url
 from monitor.store.migrate import upgrade
 
-TARGET_RATIO = 0.4
+#: `serve` as deployed, over the bare loop (issue 12: at least 0.25; 0.4 the stretch).
+TARGET_RATIO = 0.25
+STRETCH_RATIO = 0.4
+
+
+def c_crc32c() -> bool:
+    """Whether kafka-python checks record batches with the C CRC-32C (the `crc32c` package)."""
+    from kafka.record import util
+
+    return util.crc32c_c is not None and util.calc_crc32c.__defaults__ == (util.crc32c_c,)
 
 
 @dataclass(frozen=True)
 class IngestBenchResult:
     events: int
     bare_seconds: float
-    ours_seconds: float
+    loop_seconds: float
+    serve_seconds: float
     store: str
 
-    @property
-    def bare_rate(self) -> float:
-        return self.events / self.bare_seconds
+    def rate(self, seconds: float) -> float:
+        return self.events / seconds
 
     @property
-    def ours_rate(self) -> float:
-        return self.events / self.ours_seconds
+    def loop_ratio(self) -> float:
+        return self.bare_seconds / self.loop_seconds
 
     @property
     def ratio(self) -> float:
-        return self.ours_rate / self.bare_rate
+        """`serve` as deployed over the bare loop: the figure the target is about."""
+        return self.bare_seconds / self.serve_seconds
 
     def report(self) -> str:
         verdict = "meets" if self.ratio >= TARGET_RATIO else "MISSES"
+        stretch = "meets" if self.ratio >= STRETCH_RATIO else "misses"
         return (
-            f"events                      {self.events:,}\n"
-            f"(a) bare kafka-python loop  {self.bare_rate:,.0f} events/s ({self.bare_seconds:.2f} s)\n"
-            f"(b) monitor ingest -> {self.store:<6}{self.ours_rate:,.0f} events/s ({self.ours_seconds:.2f} s)\n"
-            f"ratio (b)/(a)               {self.ratio:.2f}  ({verdict} the >= {TARGET_RATIO} target)"
+            f"events                           {self.events:,} (C CRC-32C on every path)\n"
+            f"(a) bare kafka-python loop       {self.rate(self.bare_seconds):,.0f} events/s "
+            f"({self.bare_seconds:.2f} s)\n"
+            f"(b) ingest loop -> {self.store:<13} {self.rate(self.loop_seconds):,.0f} events/s "
+            f"({self.loop_seconds:.2f} s)  {self.loop_ratio:.2f} of (a)\n"
+            f"(c) serve as deployed -> {self.store:<7} {self.rate(self.serve_seconds):,.0f} events/s "
+            f"({self.serve_seconds:.2f} s)\n"
+            f"ratio (c)/(a)                    {self.ratio:.2f}  ({verdict} the >= {TARGET_RATIO} target; "
+            f"{stretch} the {STRETCH_RATIO} stretch)"
         )
 
 
@@ -112,14 +140,22 @@ def _bare_loop(settings: Settings, events: int) -> float:
 
 
 class _TimedSource(KafkaEventSource):
-    """Our real source, noting when the first record arrived."""
+    """Our real source, noting when the first record arrived; it asks the loop to stop once it has
+    handed out ``events`` records (the loop still writes the batch in flight before it returns)."""
 
     first_record_at: float | None = None
+    handed_out = 0
+    events = 0
+    stop: threading.Event | None = None
 
     def poll(self) -> list[KafkaRecord]:
         records = super().poll()
-        if records and self.first_record_at is None:
-            self.first_record_at = time.perf_counter()
+        if records:
+            if self.first_record_at is None:
+                self.first_record_at = time.perf_counter()
+            self.handed_out += len(records)
+            if self.handed_out >= self.events and self.stop is not None:
+                self.stop.set()
         return records
 
 
@@ -129,36 +165,64 @@ def _our_loop(settings: Settings, events: int) -> float:
     sessions = make_session_factory(engine)
     source = _TimedSource(settings, offsets_from_store(sessions, settings.consumer_group))
     dlq = DeadLetterPublisher(settings.bootstrap_servers, settings.dlq_topic)
-    registry = CollectorRegistry()
     loop = IngestLoop(settings, source=source, sessions=sessions, scorer=ProducerRewardScorer(),
-                      dead_letter_sink=dlq, metrics=Metrics(registry), health=HealthState())
-    stop = threading.Event()
-
-    def consumed() -> float:
-        return sum(registry.get_sample_value("monitor_messages_consumed_total", {"topic": topic}) or 0.0
-                   for topic in settings.topics)
-
-    def stop_when_done() -> None:
-        while not stop.is_set():
-            if consumed() >= events:
-                stop.set()
-            time.sleep(0.05)  # cheap: reading the registry takes the GIL from the loop
-
-    watcher = threading.Thread(target=stop_when_done, daemon=True)
-    watcher.start()
+                      dead_letter_sink=dlq, metrics=Metrics(CollectorRegistry()), health=HealthState())
+    # No watcher thread polling the metrics registry: it took the GIL from the loop (14% of its samples).
+    source.stop, source.events = threading.Event(), events
+    tune_gc()  # as `serve` does before it ingests
     try:
-        loop.run(stop)
+        loop.run(source.stop)
         finished = time.perf_counter()
         return finished - (source.first_record_at or finished)
     finally:
-        stop.set()
         source.close()
         dlq.close()
         engine.dispose()
 
 
+def _serve(settings: Settings, events: int) -> float:
+    """`run_service` as `monitor serve` runs it, stopped once every event is in the store; the
+    clock runs from the first batch's receipt (its rows' ``ingested_at``) to the moment the stored
+    offsets cover every event (the topics are fresh: offsets count records from 0)."""
+    engine = make_engine(settings.database_url)
+    stop = threading.Event()
+    service = threading.Thread(target=run_service, args=(settings, stop),
+                               kwargs={"scorer": ProducerRewardScorer(), "tune_collector": True}, daemon=True)
+    service.start()
+    try:
+        with engine.connect() as connection:
+            # A tiny table, read every 50 ms: counting the growing event tables instead took a
+            # noticeable share of the database's CPU from the path under test.
+            while connection.execute(text(_CONSUMED), {"group": settings.consumer_group}).scalar_one() < events:
+                connection.rollback()
+                if not service.is_alive():
+                    raise MonitorError("serve stopped before it stored every event")
+                time.sleep(0.05)
+            finished = time.time()
+            stored, first = connection.execute(text(_STORED)).one()
+        if stored != events:
+            raise MonitorError(f"serve stored {stored} of {events} events")
+        return finished - first.timestamp()
+    finally:
+        stop.set()
+        service.join(timeout=60)
+        engine.dispose()
+
+
+_CONSUMED = "SELECT coalesce(sum(greatest(next_offset, 0)), 0) FROM consumer_offsets WHERE group_id = :group"
+# Rows stored and the first one's receipt (each batch's rows carry the wall clock of its receipt).
+_STORED = """
+SELECT (SELECT count(*) FROM turns) + (SELECT count(*) FROM ratings) + (SELECT count(*) FROM dead_letters),
+       (SELECT min(ingested_at) FROM (SELECT min(ingested_at) AS ingested_at FROM turns
+                                      UNION ALL SELECT min(ingested_at) FROM ratings) AS firsts)
+"""
+
+
 def run_ingest_benchmark(*, events: int, database_url: str, bootstrap: str | None = None,
                          echo: Callable[[str], None] = print) -> IngestBenchResult:
+    if not c_crc32c():
+        raise MonitorError("kafka-python is using its pure-Python CRC-32C: install the `crc32c` package "
+                           "(a dependency of monitor) so that no path pays it")
     broker = None
     if bootstrap is None:
         broker = EmbeddedBroker().start()
@@ -183,9 +247,16 @@ def run_ingest_benchmark(*, events: int, database_url: str, bootstrap: str | Non
             upgrade(store_url)
             echo("(a) bare kafka-python consume loop...")
             bare = _bare_loop(settings, events)
-            echo(f"(b) monitor ingest into {make_url(normalise_url(store_url)).get_backend_name()}...")
-            ours = _our_loop(settings, events)
-            return IngestBenchResult(events, bare, ours, make_url(normalise_url(store_url)).get_backend_name())
+            backend = make_url(normalise_url(store_url)).get_backend_name()
+            echo(f"(b) the ingest loop into {backend}...")
+            loop = _our_loop(settings, events)
+            echo(f"(c) serve as deployed (API, signal deriver, analyzer schedule) into a fresh {backend} database...")
+            with scratch_database(database_url) as serve_url:
+                upgrade(serve_url)
+                serve_settings = settings.model_copy(update={
+                    "database_url": serve_url, "consumer_group": f"bench-serve-{suffix}", "api_port": 0})
+                served = _serve(serve_settings, events)
+            return IngestBenchResult(events, bare, loop, served, backend)
     finally:
         if broker is not None:
             broker.stop()

@@ -19,7 +19,6 @@ from monitor.errors import InvalidEvent
 from monitor.events import ConversationEvent, RatingEvent, parse_conversation, parse_rating
 from monitor.ingest.records import KafkaRecord
 from monitor.scoring.base import ScoreOutcome
-from monitor.signals import SIGNAL_COLUMNS
 
 
 @dataclass
@@ -141,42 +140,52 @@ def decode_batch(
     return batch
 
 
+def utc(ts: datetime) -> datetime:
+    """``ts`` in UTC. PostgreSQL's COPY takes a datetime as its text, and rejects an offset past
+    15:59 that the contract accepts (``+23:59``); the ORM's column type converts, COPY does not.
+    Only for a ``ts`` within :class:`TimestampBounds` (year 1 at ``+01:00`` has no UTC equivalent).
+
+    >>> utc(datetime.fromisoformat("2026-11-27T10:00:00+23:59")).isoformat()
+    '2026-11-26T10:01:00+00:00'
+    """
+    return ts if not ts.utcoffset() else ts.astimezone(UTC)
+
+
 def turn_row(record: KafkaRecord, event: ConversationEvent, outcome: ScoreOutcome, scorer: str,
              ingested_at: datetime) -> dict[str, Any]:
     """The ``turns`` row of one event: its text, score and, when the producer sent it, the prompt's risk.
 
-    The response's signals (and the prompt risk the producer did not send) are left NULL: the
-    signal deriver (monitor.analyze.derive) fills them once per turn, off the ingest path; here they
-    would cost about 40% of ingest throughput (see docs/analysis.md).
+    The response's signals (and the prompt risk the producer did not send) are left out, so NULL:
+    the signal deriver (monitor.analyze.derive) fills them once per turn, off the ingest path; here
+    they would cost about 40% of ingest throughput (see docs/analysis.md). So are satisfaction and
+    rated_at, which the rating join sets.
     """
-    prompt, response = event.prompt, event.response
+    messages = event.messages
     producer_risk = event.metadata.prompt_risk if event.metadata is not None else None
+    segment = event.segment
     return {
         "event_id": event.event_id,
         "conversation_id": event.conversation_id,
         "turn": event.turn,
-        "ts": event.ts,
+        "ts": utc(event.ts),
         "model_version": event.model_version,
-        "domain": event.segment.domain,
-        "locale": event.segment.locale,
-        "channel": event.segment.channel,
-        "messages": [{"role": m.role, "content": m.content} for m in event.messages],
-        "prompt": prompt,
-        "response": response,
+        "domain": segment.domain,
+        "locale": segment.locale,
+        "channel": segment.channel,
+        "messages": [{"role": m.role, "content": m.content} for m in messages],
+        "prompt": event.prompt,
+        "response": messages[-1].content,
         "candidates": [c.model_dump() for c in event.candidates] if event.candidates else None,
         "producer_reward": event.reward,
         "score": outcome.score,
         "scorer": scorer,
         "score_error": outcome.error,
         "score_truncated": outcome.truncated,
-        "satisfaction": None,
         "rating_count": 0,
-        "rated_at": None,
         "source_topic": record.topic,
         "source_partition": record.partition,
         "source_offset": record.offset,
         "ingested_at": ingested_at,
-        **dict.fromkeys(SIGNAL_COLUMNS),
         "prompt_harmful": None if producer_risk is None else producer_risk == "harmful",
         "prompt_risk_source": None if producer_risk is None else "producer",
     }
@@ -187,7 +196,7 @@ def rating_row(record: KafkaRecord, event: RatingEvent, ingested_at: datetime) -
         "event_id": event.event_id,
         "conversation_id": event.conversation_id,
         "turn": event.turn,
-        "ts": event.ts,
+        "ts": utc(event.ts),
         "kind": event.rating.kind,
         "value": float(event.rating.value),
         "satisfaction": event.satisfaction,

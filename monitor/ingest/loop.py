@@ -10,19 +10,28 @@ Per batch, in this order:
 
 Steps 1-4 run on a writer thread while the main thread polls the next batch, so fetching from
 Kafka overlaps with writing to the store (one batch in flight, never more; batches are written in
-order). The consumer is only touched from the main thread.
+order). The consumer is only touched from the main thread. (Decoding on the polling thread
+instead, to overlap it with the writer's wait for the database, was slower: 13-20% more CPU per
+event in contention for the GIL, `monitor bench ingest`.)
 
 If step 2, 3 or 4 fails, nothing of the batch is committed anywhere: the consumer is rewound to the
 first offsets of the failed batch (and of the one polled meanwhile, which is dropped), and ingest
 resumes after a backoff, so a dependency outage delays ingest but loses nothing. A stop request is
 honoured between batches; the batch in flight finishes. On a rebalance, the batch in flight is
 finished before the partitions are given up.
+
+One exception to the retry: when the store refuses the batch for its *data* (:func:`rejects_data`),
+a retry would fail the same way forever. The batch is then bisected in record order, each part in a
+transaction of its own with the offsets it covers, down to the single records the store still
+refuses: each becomes a dead letter with reason :data:`STORE_REJECTED`, and ingest moves on.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
+import sqlite3
 import sys
 import threading
 import time
@@ -30,17 +39,19 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
+import psycopg
 from prometheus_client import Histogram
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from monitor.analyze.segments import SegmentScheme
 from monitor.config import Settings
-from monitor.errors import BrokerUnavailable, MonitorError, ScoringError
+from monitor.errors import BrokerUnavailable, InvalidEvent, MonitorError, ScoringError
 from monitor.events import ConversationEvent
 from monitor.health import HealthState
+from monitor.ingest.backlog import Backlog
 from monitor.ingest.decode import (
     DeadLetterRecord,
     DecodedBatch,
@@ -57,6 +68,13 @@ from monitor.store.models import utcnow
 from monitor.store.writes import write_ingest_batch
 
 log = logging.getLogger(__name__)
+
+#: The dead-letter reason of a record that passed validation but that the store refuses to hold.
+STORE_REJECTED = "store_rejected"
+
+#: What a store write raises: SQLAlchemy's errors, and psycopg's own from the COPY path
+#: (:func:`monitor.store.writes.insert_ignoring_duplicates` drives the driver's cursor directly).
+_STORE_ERRORS = (SQLAlchemyError, psycopg.Error)
 
 
 class DeadLetterSink(Protocol):
@@ -77,9 +95,81 @@ def _first_offsets(records: list[KafkaRecord]) -> dict[tuple[str, int], int]:
     return first
 
 
+def rejects_data(error: BaseException) -> bool:
+    """Whether ``error`` is the store refusing the rows' *values*, so that retrying the same rows
+    can never succeed: a data exception (SQLSTATE class 22: a value out of a type's range, text it
+    cannot hold) or an integrity violation (class 23, a CHECK constraint, a trigger's ``ABORT``).
+
+    Kept narrow on purpose, because such an error gets records dead-lettered: connectivity,
+    locking and serialization failures (``OperationalError``, ``InterfaceError``, an invalidated
+    connection) and schema errors (``ProgrammingError``: a table or column missing) are retried
+    like an outage. So are NOT NULL violations: every row ingest builds fills every NOT NULL
+    column, so one means the schema and the code disagree, and every record would be refused.
+    """
+    if isinstance(error, DBAPIError) and error.connection_invalidated:
+        return False
+    error = _driver_error(error)
+    if isinstance(error, psycopg.Error):
+        return isinstance(error, psycopg.DataError | psycopg.IntegrityError) and not isinstance(
+            error, psycopg.errors.NotNullViolation)
+    if isinstance(error, sqlite3.IntegrityError):
+        return getattr(error, "sqlite_errorname", None) != "SQLITE_CONSTRAINT_NOTNULL"
+    return isinstance(error, sqlite3.DataError)
+
+
+def _driver_error(error: BaseException) -> BaseException:
+    """The database driver's exception under SQLAlchemy's wrapper, or ``error`` itself."""
+    return error.orig if isinstance(error, DBAPIError) and error.orig is not None else error
+
+
+def describe_store_error(error: BaseException) -> str:
+    """One line on a store error: its class, SQLSTATE and primary message, never the statement or
+    the database's DETAIL/CONTEXT lines (they can quote a row, i.e. conversation text)."""
+    cause = _driver_error(error)
+    if isinstance(cause, psycopg.Error):
+        message = cause.diag.message_primary or str(cause)
+        code = f" (SQLSTATE {cause.sqlstate})" if cause.sqlstate else ""
+    else:
+        message, code = str(cause), ""
+    lines = message.strip().splitlines() or [""]
+    return f"{cause.__class__.__name__}{code}: {lines[0]}"
+
+
+def _position(record: KafkaRecord) -> tuple[str, int, int]:
+    return record.topic, record.partition, record.offset
+
+
+def _next_offsets(records: Sequence[KafkaRecord]) -> dict[tuple[str, int], int]:
+    following: dict[tuple[str, int], int] = {}
+    for record in records:
+        position = (record.topic, record.partition)
+        following[position] = max(following.get(position, 0), record.offset + 1)
+    return following
+
+
+@dataclass
+class _RowsByRecord:
+    """A batch's rows keyed by their record's (topic, partition, offset), for writing parts of it."""
+
+    turns: dict[tuple[str, int, int], dict[str, Any]]
+    ratings: dict[tuple[str, int, int], dict[str, Any]]
+    dead_letters: dict[tuple[str, int, int], DeadLetterRecord]
+
+
+def _without_rejected(batch: DecodedBatch, rejected: list[DeadLetterRecord]) -> DecodedBatch:
+    """``batch`` with the records the store rejected moved to its dead letters."""
+    gone = {_position(dead.record) for dead in rejected}
+    return dataclasses.replace(
+        batch,
+        conversations=[item for item in batch.conversations if _position(item[0]) not in gone],
+        ratings=[item for item in batch.ratings if _position(item[0]) not in gone],
+        dead_letters=[dead for dead in batch.dead_letters if _position(dead.record) not in gone] + rejected,
+    )
+
+
 class BatchFailed(MonitorError):
-    def __init__(self, stage: str, cause: Exception) -> None:
-        super().__init__(f"batch failed at {stage}: {cause.__class__.__name__}: {cause}")
+    def __init__(self, stage: str, cause: Exception, description: str | None = None) -> None:
+        super().__init__(f"batch failed at {stage}: {description or f'{cause.__class__.__name__}: {cause}'}")
         self.stage = stage
 
 
@@ -96,8 +186,10 @@ class IngestLoop:
         health: HealthState,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], datetime] = utcnow,
+        backlog: Backlog | None = None,
     ) -> None:
         self._settings = settings
+        self._backlog = backlog
         self._source = source
         self._sessions = sessions
         self._scorer = scorer
@@ -118,6 +210,7 @@ class IngestLoop:
         self._reward_by_segment: dict[str, Histogram] = {}  # the histogram's child per segment key
         metrics.set_reward_model(scorer.identity)
         metrics.init_topics(settings.topics + (settings.dlq_topic,))
+        metrics.dead_letters.labels(reason=STORE_REJECTED)  # a series from the start, for alerts on it
 
     def run(self, stop: threading.Event) -> None:
         """Consume until ``stop`` is set; the batch in flight is finished first."""
@@ -133,12 +226,14 @@ class IngestLoop:
                 while not stop.is_set():
                     self._refresh_lag_if_due()
                     records = self._source.poll()
+                    if self._backlog is not None:
+                        self._backlog.note_poll(len(records))
                     if not self._finish_in_flight(polled_meanwhile=records):
                         stop.wait(self._backoff)
                         self._backoff = min(self._backoff * 2, self._settings.retry_backoff_max_seconds)
                         continue
                     if records:
-                        self._in_flight = _InFlight(records, writer.submit(self._decode_and_write, records))
+                        self._in_flight = _InFlight(records, writer.submit(self.process_batch, records))
                 self._finish_in_flight()
             finally:
                 self._source.set_revoke_hook(None)
@@ -162,7 +257,12 @@ class IngestLoop:
         self._backoff = self._settings.retry_backoff_seconds
         return True
 
-    def _decode_and_write(self, records: list[KafkaRecord]) -> DecodedBatch:
+    def process_batch(self, records: list[KafkaRecord]) -> DecodedBatch:
+        """Decode, score and write one polled batch (steps 1-4; what the writer thread runs).
+
+        Return the batch as written (records the store rejected among its dead letters); raise
+        :class:`BatchFailed` when nothing of it may be committed to Kafka, nothing else.
+        """
         started = time.perf_counter()
         # One reading of the wall clock per batch: it bounds the events' ts and stamps the rows.
         received_at = self._wall_clock()
@@ -173,7 +273,7 @@ class IngestLoop:
             now=received_at,
             timestamps=self._timestamps,
         )
-        self._write(batch, received_at)
+        batch = self._write(records, batch, received_at)
         self._record(batch, time.perf_counter() - started)
         return batch
 
@@ -184,7 +284,8 @@ class IngestLoop:
             self._metrics.batch_failures.labels(stage="commit").inc()
             log.warning("Kafka offset commit failed (the store has the offsets)", extra={"error": str(exc)})
 
-    def _write(self, batch: DecodedBatch, received_at: datetime) -> None:
+    def _write(self, records: list[KafkaRecord], batch: DecodedBatch, received_at: datetime) -> DecodedBatch:
+        """Write the batch; return it, amended with the records the store rejected (if any)."""
         events: list[ConversationEvent] = [event for _, event in batch.conversations]
         outcomes = self._score(events)
         identity = self._scorer.identity
@@ -193,27 +294,100 @@ class IngestLoop:
             for (record, event), outcome in zip(batch.conversations, outcomes, strict=True)
         ]
         ratings = [rating_row(record, event, received_at) for record, event in batch.ratings]
+        self._publish(batch.dead_letters, received_at)
         try:
-            self._dead_letter_sink.publish(batch.dead_letters, received_at)
+            self._write_rows(turns, ratings, [d.row(received_at) for d in batch.dead_letters], batch.next_offsets)
+        except _STORE_ERRORS as exc:
+            if not rejects_data(exc):
+                raise self._store_failed(exc) from exc
+            rows = _RowsByRecord(
+                turns={_position(record): row for (record, _), row in zip(batch.conversations, turns, strict=True)},
+                ratings={_position(record): row for (record, _), row in zip(batch.ratings, ratings, strict=True)},
+                dead_letters={_position(dead.record): dead for dead in batch.dead_letters},
+            )
+            rejected: list[DeadLetterRecord] = []
+            self._bisect(records, exc, rows, received_at, rejected)
+            batch = _without_rejected(batch, rejected)
+        self._health.mark_store(True)
+        self._metrics.store_up.set(1)
+        return batch
+
+    def _publish(self, dead_letters: Sequence[DeadLetterRecord], received_at: datetime) -> None:
+        try:
+            self._dead_letter_sink.publish(dead_letters, received_at)
         except Exception as exc:
             self._health.mark_broker(False, str(exc))
             raise BatchFailed("dead_letter_topic", exc) from exc
-        try:
-            with self._sessions.begin() as session:
-                write_ingest_batch(
-                    session,
-                    group_id=self._settings.consumer_group,
-                    turns=turns,
-                    ratings=ratings,
-                    dead_letters=[d.row(received_at) for d in batch.dead_letters],
-                    next_offsets=batch.next_offsets,
+
+    def _write_rows(self, turns: Sequence[dict[str, Any]], ratings: Sequence[dict[str, Any]],
+                    dead_letters: Sequence[dict[str, Any]], next_offsets: dict[tuple[str, int], int]) -> None:
+        with self._sessions.begin() as session:
+            write_ingest_batch(
+                session,
+                group_id=self._settings.consumer_group,
+                turns=turns,
+                ratings=ratings,
+                dead_letters=dead_letters,
+                next_offsets=next_offsets,
+            )
+
+    def _store_failed(self, exc: Exception) -> BatchFailed:
+        description = describe_store_error(exc)
+        self._health.mark_store(False, description)
+        self._metrics.store_up.set(0)
+        return BatchFailed("store", exc, description)
+
+    def _bisect(self, records: Sequence[KafkaRecord], error: Exception, rows: _RowsByRecord,
+                received_at: datetime, rejected: list[DeadLetterRecord]) -> None:
+        """Write ``records`` (a run of the batch, in poll order, that the store refused with
+        ``error``) in halves, the earlier half first, each with the offsets of its own records.
+
+        Order is what keeps the offsets honest: when a part commits, every record polled before
+        it is already stored or dead-lettered, so its offsets skip nothing unwritten. A part that
+        fails for a connectivity reason fails the whole batch (the parts already committed are
+        replayed harmlessly on the retry).
+        """
+        if len(records) == 1:
+            rejected.append(self._dead_letter_rejected(records[0], error, rows, received_at))
+            return
+        middle = len(records) // 2
+        for part in (records[:middle], records[middle:]):
+            keys = [_position(record) for record in part]
+            try:
+                self._write_rows(
+                    [rows.turns[k] for k in keys if k in rows.turns],
+                    [rows.ratings[k] for k in keys if k in rows.ratings],
+                    [rows.dead_letters[k].row(received_at) for k in keys if k in rows.dead_letters],
+                    _next_offsets(part),
                 )
-        except SQLAlchemyError as exc:
-            self._health.mark_store(False, f"{exc.__class__.__name__}: {exc}")
-            self._metrics.store_up.set(0)
-            raise BatchFailed("store", exc) from exc
-        self._health.mark_store(True)
-        self._metrics.store_up.set(1)
+            except _STORE_ERRORS as exc:
+                if not rejects_data(exc):
+                    raise self._store_failed(exc) from exc
+                self._bisect(part, exc, rows, received_at, rejected)
+
+    def _dead_letter_rejected(self, record: KafkaRecord, error: Exception, rows: _RowsByRecord,
+                              received_at: datetime) -> DeadLetterRecord:
+        """Publish and store ``record`` as a :data:`STORE_REJECTED` dead letter, with its offset."""
+        earlier = rows.dead_letters.get(_position(record))
+        what = f"its dead letter ({earlier.reason})" if earlier is not None else "it"
+        # The database's message may quote the value: drop what a text column refuses, and cap it
+        # as every detail is capped (InvalidEvent), so the dead letter always fits the topic.
+        text = f"the store rejected {what}: {describe_store_error(error)}".replace("\x00", "")
+        detail = InvalidEvent(STORE_REJECTED, text.encode("utf-8", "replace").decode("utf-8")).detail
+        dead = DeadLetterRecord(record, STORE_REJECTED, detail)
+        # The log names the error's class and the record's position, never the database's message:
+        # it may quote the row.
+        log.warning(
+            "the store rejected a record; dead-lettered",
+            extra={"topic": record.topic, "partition": record.partition, "offset": record.offset,
+                   "error": _driver_error(error).__class__.__name__},
+        )
+        self._publish([dead], received_at)
+        try:
+            self._write_rows([], [], [dead.row(received_at)], _next_offsets([record]))
+        except _STORE_ERRORS as exc:
+            raise self._store_failed(exc) from exc
+        return dead
 
     def _score(self, events: list[ConversationEvent]) -> list[ScoreOutcome]:
         if not events:

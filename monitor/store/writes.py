@@ -9,11 +9,12 @@ event time wins), never accumulated, so it comes out the same in whatever order 
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from psycopg.types.json import Json
+import orjson
 from sqlalchemy import JSON, Table, and_, case, exists, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
@@ -41,34 +42,56 @@ def insert_ignoring_duplicates(session: Session, table: Table, rows: Sequence[Ma
     if not rows:
         return
     if session.get_bind().dialect.name == "postgresql":
-        _copy_then_insert(session, table, rows)
+        stage = _stage(session, table, rows)
+        _insert_staged(session, table, stage, list(rows[0]))
+        _cursor(session).execute(f'TRUNCATE "{stage}"')
     else:
         session.execute(_dialect_insert(session, table).on_conflict_do_nothing(), list(rows))
 
 
-def _copy_then_insert(session: Session, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
-    # COPY into a per-connection staging table, then one INSERT ... SELECT ... ON CONFLICT: several
-    # times less client CPU than an executemany, which pays SQLAlchemy and psycopg per row.
+def _cursor(session: Session) -> Any:
+    return session.connection().connection.driver_connection.cursor()  # type: ignore[union-attr]
+
+
+def _json_text(value: object) -> str | None:
+    # orjson writes the same JSON as json.dumps, several times faster (psycopg's Json calls json.dumps);
+    # COPY's text format hands it to the column's JSON input function as is.
+    return None if value is None else orjson.dumps(value).decode()
+
+
+def _stage(session: Session, table: Table, rows: Sequence[Mapping[str, Any]]) -> str:
+    """COPY ``rows`` into a per-connection temporary staging table shaped like ``table`` (the
+    columns of the first row); return its name. Its rows live until the transaction ends."""
+    # COPY, then one INSERT ... SELECT ... ON CONFLICT: several times less client CPU than an
+    # executemany, which pays SQLAlchemy and psycopg per row.
     columns = list(rows[0])
     json_columns = {c.name for c in table.columns if isinstance(c.type, JSON) and c.name in columns}
-    stage = f"_stage_{table.name}"
     names = ", ".join(f'"{c}"' for c in columns)
+    # The staging table's shape is its name: callers with other columns get another one.
+    stage = f"_stage_{table.name}_{zlib.crc32(names.encode()):08x}"
     connection = session.connection()
-    cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
-    # The staging table lives as long as the database connection; its rows only until commit.
+    cursor = _cursor(session)
     if stage not in connection.info.setdefault(STAGING_TABLES, set()):
         cursor.execute(
             f'CREATE TEMP TABLE IF NOT EXISTS "{stage}" ON COMMIT DELETE ROWS AS '
             f'SELECT {names} FROM "{table.name}" WITH NO DATA'
         )
         connection.info[STAGING_TABLES].add(stage)
+    positions = [i for i, c in enumerate(columns) if c in json_columns]
     with cursor.copy(f'COPY "{stage}" ({names}) FROM STDIN') as copy:
         for row in rows:
-            copy.write_row([Json(row[c]) if c in json_columns else row[c] for c in columns])
-    cursor.execute(
+            values = list(row.values()) if list(row) == columns else [row[c] for c in columns]
+            for i in positions:
+                values[i] = _json_text(values[i])
+            copy.write_row(values)
+    return stage
+
+
+def _insert_staged(session: Session, table: Table, stage: str, columns: list[str]) -> None:
+    names = ", ".join(f'"{c}"' for c in columns)
+    _cursor(session).execute(
         f'INSERT INTO "{table.name}" ({names}) SELECT {names} FROM "{stage}" ON CONFLICT DO NOTHING'
     )
-    cursor.execute(f'TRUNCATE "{stage}"')
 
 
 def save_offsets(session: Session, group_id: str, next_offsets: Mapping[tuple[str, int], int],
@@ -187,11 +210,13 @@ def write_ingest_batch(
     next_offsets: Mapping[tuple[str, int], int],
 ) -> None:
     """Write one consumed batch: rows, rating joins and offsets (the caller commits)."""
-    insert_ignoring_duplicates(session, Turn.__table__, turns)
-    insert_ignoring_duplicates(session, RatingRow.__table__, ratings)
+    if session.get_bind().dialect.name == "postgresql":
+        _write_rows_postgresql(session, turns, ratings)
+    else:
+        insert_ignoring_duplicates(session, Turn.__table__, turns)
+        insert_ignoring_duplicates(session, RatingRow.__table__, ratings)
+        join_ratings(session, [(row["conversation_id"], row["turn"]) for row in (*turns, *ratings)])
     insert_ignoring_duplicates(session, DeadLetter.__table__, dead_letters)
-    keys = [(row["conversation_id"], row["turn"]) for row in (*turns, *ratings)]
-    join_ratings(session, keys)
     event_times: dict[tuple[str, int], datetime] = {}
     for row in (*turns, *ratings):
         position = (row["source_topic"], row["source_partition"])
@@ -199,3 +224,70 @@ def write_ingest_batch(
             event_times[position] = row["ts"]
     save_offsets(session, group_id, next_offsets, event_times)
     session.flush()
+
+
+def _write_rows_postgresql(session: Session, turns: Sequence[Mapping[str, Any]],
+                           ratings: Sequence[Mapping[str, Any]]) -> None:
+    """Turns and ratings through their staging tables, then the rating join in one statement: the
+    same result as :func:`join_ratings` over the batch's keys, with no key list sent back and forth
+    (the join was 40% of a batch's write time)."""
+    stages = []
+    for table, rows in ((Turn.__table__, turns), (RatingRow.__table__, ratings)):
+        if rows:
+            stage = _stage(session, table, rows)
+            _insert_staged(session, table, stage, list(rows[0]))
+            stages.append(stage)
+    if not stages:
+        return
+    cursor = _cursor(session)
+    batch_keys = " UNION ".join(f'SELECT conversation_id, turn FROM "{stage}"' for stage in stages)
+    cursor.execute(_JOIN_STAGED.format(batch_keys=batch_keys))
+    for stage in stages:
+        cursor.execute(f'TRUNCATE "{stage}"')
+
+
+# Mark the waiting ratings of the batch's keys whose turn exists as joined (entering the detectors
+# no earlier than their turn), then recompute satisfaction (latest rating by event time, then
+# event id), rated_at and rating_count of exactly the turns that gained one. The final UPDATE reads
+# `ratings` as it was before the CTE's UPDATE, which changes neither satisfaction nor ts.
+_JOIN_STAGED = """
+WITH batch AS ({batch_keys}),
+joined AS (
+    UPDATE ratings AS r SET joined = true, entry_at = GREATEST(r.ts, t.ts)
+    FROM batch AS b, turns AS t
+    WHERE r.conversation_id = b.conversation_id AND r.turn = b.turn AND NOT r.joined
+      AND t.conversation_id = r.conversation_id AND t.turn = r.turn
+    RETURNING r.conversation_id, r.turn
+),
+latest AS (
+    SELECT DISTINCT ON (r.conversation_id, r.turn) r.conversation_id, r.turn, r.satisfaction, r.ts,
+           count(*) OVER (PARTITION BY r.conversation_id, r.turn) AS ratings
+    FROM ratings AS r JOIN (SELECT DISTINCT conversation_id, turn FROM joined) AS g
+      ON r.conversation_id = g.conversation_id AND r.turn = g.turn
+    ORDER BY r.conversation_id, r.turn, r.ts DESC, r.event_id DESC
+)
+UPDATE turns AS t SET satisfaction = l.satisfaction, rated_at = l.ts, rating_count = l.ratings
+FROM latest AS l WHERE t.conversation_id = l.conversation_id AND t.turn = l.turn
+"""
+
+
+def reset_offsets(session: Session, group_id: str,
+                  resets: Mapping[tuple[str, int], tuple[int, int]]) -> list[tuple[str, int]]:
+    """Move stored offsets that lay outside their partition's log, ``{(topic, partition): (stored,
+    reset_to)}``, backwards too: the one explicit exception to :func:`save_offsets`' rule, which
+    still guards every batch. Compare-and-set: a row no longer at ``stored`` (another worker moved
+    it meanwhile) is left alone. Returns the positions moved."""
+    moved = []
+    for (topic, partition), (stored, reset_to) in sorted(resets.items()):
+        row = session.execute(
+            update(ConsumerOffset)
+            .where(ConsumerOffset.group_id == group_id, ConsumerOffset.topic == topic,
+                   ConsumerOffset.partition == partition, ConsumerOffset.next_offset == stored)
+            .values(next_offset=reset_to, updated_at=utcnow())
+            .returning(ConsumerOffset.partition)
+            .execution_options(synchronize_session=False)
+        ).first()
+        if row is not None:
+            moved.append((topic, partition))
+    session.flush()
+    return moved

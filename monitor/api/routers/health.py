@@ -4,7 +4,7 @@ scores (viewer and admin keys)."""
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from monitor.api.auth import require
@@ -22,10 +22,11 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses={503: {"description": "Not ready: the body's checks say which dependency failed"}})
 def readyz(context: ContextDep) -> JSONResponse:
     """Ready only while the database answers and takes writes, the Kafka broker is reachable and (for
-    a remote reward model) the scoring endpoint answers (503 otherwise); each check says why."""
+    a remote reward model) the scoring endpoint answers (503 otherwise); each check says why.
+    Processes that do not ingest (``MONITOR_ROLE`` api or analyzer) check only the database."""
     checks: dict[str, dict[str, object]] = {}
     health = context.health
     try:
@@ -35,15 +36,21 @@ def readyz(context: ContextDep) -> JSONResponse:
         checks["database"] = {"ok": False, "error": str(exc)}
     if health.store_writes_failing:
         checks["database"] = {"ok": False, "error": f"the last ingest write failed: {health.store_error}"}
-    scorer_ping = getattr(context.scorer, "ping", None)
-    if callable(scorer_ping):
-        checks["scorer"] = {"ok": bool(scorer_ping())}
-    checks["broker"] = {"ok": health.broker_ok, **({"error": health.broker_error} if health.broker_error else {})}
+    if context.settings.role in ("all", "worker"):
+        scorer_ping = getattr(context.scorer, "ping", None)
+        if callable(scorer_ping):
+            checks["scorer"] = {"ok": bool(scorer_ping())}
+        checks["broker"] = {"ok": health.broker_ok, **({"error": health.broker_error} if health.broker_error else {})}
+        # Offsets outside their partition's log that were not reset (docs/ingest.md).
+        offsets = health.offset_problems
+        checks["offsets"] = {"ok": not offsets, **({"error": "; ".join(f"{p}: {why}" for p, why in offsets.items())}
+                                                  if offsets else {})}
     ready = all(check["ok"] for check in checks.values())
     body = {
         "ready": ready,
         "checks": checks,
         "last_batch_at": health.last_batch_at.isoformat() if health.last_batch_at else None,
+        "last_offset_reset": health.last_offset_reset,
     }
     return JSONResponse(body, status_code=200 if ready else 503)
 
@@ -54,6 +61,6 @@ def reward_model(context: ContextDep) -> dict[str, str]:
     return {"identity": context.scorer.identity}
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse)
 def metrics(context: ContextDep) -> Response:
     return Response(generate_latest(context.registry), media_type=CONTENT_TYPE_LATEST)
