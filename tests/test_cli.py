@@ -192,7 +192,8 @@ def test_demo_runs_everything_and_stops_cleanly(tmp_path) -> None:
 
 def test_demo_with_a_duration_stops_by_itself(tmp_path) -> None:
     started = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "monitor", "demo", "--duration", "6", "--rate", "20"],
+    # 12 s: joining the consumer group on the embedded broker alone takes about 5 s.
+    result = subprocess.run([sys.executable, "-m", "monitor", "demo", "--duration", "12", "--rate", "20"],
                             env=monitor_env(api_port=free_port()), cwd=tmp_path,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
