@@ -22,6 +22,12 @@ ENV_PREFIX = "MONITOR_"
 PositiveInt = Annotated[int, Field(gt=0)]
 
 
+#: The ``role`` values that consume Kafka, run the analyzer schedule, and serve the API (not just probes).
+INGEST_ROLES = ("all", "worker")
+ANALYZER_ROLES = ("all", "analyzer")
+API_ROLES = ("all", "api")
+
+
 class Settings(BaseSettings):
     """Configuration of one `monitor` process. Field ``x`` is read from ``MONITOR_X``."""
 

@@ -34,7 +34,7 @@ from monitor.api.app import create_app
 from monitor.api.context import AppContext
 from monitor.api.probes import create_probe_app
 from monitor.api.server import ApiServer
-from monitor.config import Settings
+from monitor.config import ANALYZER_ROLES, API_ROLES, INGEST_ROLES, Settings
 from monitor.errors import BrokerUnavailable, StoreUnavailable
 from monitor.gc_tuning import tune_gc
 from monitor.health import HealthState
@@ -50,11 +50,6 @@ from monitor.store.migrate import is_at_head, upgrade
 from monitor.store.writes import load_offsets, register_partitions
 
 log = logging.getLogger(__name__)
-
-#: The roles that consume Kafka, run the analyzer schedule, and serve the API (not just probes).
-INGEST_ROLES = ("all", "worker")
-ANALYZER_ROLES = ("all", "analyzer")
-API_ROLES = ("all", "api")
 
 #: Arbitrary but fixed key of the PostgreSQL advisory lock held while migrating (distinct from
 #: the analyzer's): processes started together (N workers, an analyzer, the API) migrate in turn.

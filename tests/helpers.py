@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from monitor.api.app import create_app
 from monitor.api.context import AppContext
+from monitor.api.ratelimit import RateLimiter
 from monitor.api.server import ApiServer
 from monitor.config import Settings
 from monitor.health import HealthState
@@ -136,14 +137,16 @@ def read_topic(settings: Settings, topic: str, expected: int, timeout: float = 3
 
 
 @contextmanager
-def running_api(database_url: str, health: HealthState | None = None) -> Iterator[tuple[str, Any]]:
-    """The API alone on a free loopback port over ``database_url`` (producer rewards, a fresh
-    registry); yields its URL and a session factory; stops it and disposes the engine."""
+def running_api(database_url: str, health: HealthState | None = None, *, rate_limiter: RateLimiter | None = None,
+                **settings: Any) -> Iterator[tuple[str, Any]]:
+    """The API alone on a free loopback port over ``database_url`` with ``settings`` (producer
+    rewards, a fresh registry, ``rate_limiter`` if given); yields its URL and a session factory;
+    stops it and disposes the engine."""
     engine = make_engine(database_url)
     sessions = make_session_factory(engine)
-    server = ApiServer(create_app(AppContext(Settings(database_url=database_url), engine, sessions,
-                                             health or HealthState(), CollectorRegistry(), ProducerRewardScorer())),
-                       "127.0.0.1", 0)
+    context = AppContext(Settings(database_url=database_url, **settings), engine, sessions,
+                         health or HealthState(), CollectorRegistry(), ProducerRewardScorer())
+    server = ApiServer(create_app(context, rate_limiter=rate_limiter), "127.0.0.1", 0)
     server.start()
     try:
         yield server.url, sessions

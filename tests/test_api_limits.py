@@ -10,29 +10,21 @@ import json
 import socket
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
 
 import httpx
 import pytest
-from prometheus_client import CollectorRegistry
 from sqlalchemy import func, select
 
-from monitor.api.app import create_app
-from monitor.api.context import AppContext
 from monitor.api.ratelimit import RateLimiter
-from monitor.api.server import ApiServer
 from monitor.auth import generate_key
-from monitor.config import Settings, load_settings
+from monitor.config import load_settings
 from monitor.errors import ConfigError
-from monitor.health import HealthState
 from monitor.ingest.records import KafkaRecord
-from monitor.scoring.base import ProducerRewardScorer
-from monitor.store.db import make_engine, make_session_factory
 from monitor.store.keys import revoke_key
 from monitor.store.models import ApiKey, ReviewItem
 from tests.analysis_data import write_records
 from tests.factories import conversation, wire
-from tests.helpers import api_key
+from tests.helpers import api_key, running_api
 
 LIMIT = 4096
 
@@ -43,23 +35,6 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@contextmanager
-def serve(database_url: str, rate_limiter: RateLimiter | None = None,
-          **settings: object) -> Iterator[tuple[str, object]]:
-    """The API on a free loopback port with ``settings``; yields its URL and a session factory."""
-    engine = make_engine(database_url)
-    sessions = make_session_factory(engine)
-    context = AppContext(Settings(database_url=database_url, **settings), engine, sessions,  # type: ignore[arg-type]
-                         HealthState(), CollectorRegistry(), ProducerRewardScorer())
-    server = ApiServer(create_app(context, rate_limiter=rate_limiter), "127.0.0.1", 0)
-    server.start()
-    try:
-        yield server.url, sessions
-    finally:
-        server.stop()
-        engine.dispose()
 
 
 def review_items(sessions) -> int:
@@ -79,7 +54,7 @@ def assert_error(response: httpx.Response, status: int, kind: str) -> dict:
 
 @pytest.fixture
 def limited_api(migrated_url: str):
-    with serve(migrated_url, api_max_body_bytes=LIMIT) as (url, sessions):
+    with running_api(migrated_url, api_max_body_bytes=LIMIT) as (url, sessions):
         write_records(sessions, [KafkaRecord("conversations", 0, i, b"k", wire(conversation(f"c-{i}", 0)))
                                  for i in range(3)])
         yield url, sessions
@@ -165,7 +140,7 @@ def test_the_body_limit_covers_the_pages_too(limited_api):
 
 def test_a_key_over_its_budget_gets_429_with_retry_after_and_refills(migrated_url: str):
     clock = FakeClock()
-    with serve(migrated_url, rate_limiter=RateLimiter(3, clock=clock)) as (url, _):
+    with running_api(migrated_url, rate_limiter=RateLimiter(3, clock=clock)) as (url, _):
         first, second = api_key(migrated_url, "viewer"), api_key(migrated_url, "viewer")
         with httpx.Client(base_url=url, timeout=30) as client:
             assert [client.get("/v1/alerts", headers=first).status_code for _ in range(3)] == [200] * 3
@@ -191,7 +166,7 @@ def test_a_key_over_its_budget_gets_429_with_retry_after_and_refills(migrated_ur
 
 def test_requests_without_a_known_key_share_their_address_budget(migrated_url: str):
     clock = FakeClock()
-    with serve(migrated_url, rate_limiter=RateLimiter(3, clock=clock)) as (url, sessions):
+    with running_api(migrated_url, rate_limiter=RateLimiter(3, clock=clock)) as (url, sessions):
         good = api_key(migrated_url, "viewer")
         with httpx.Client(base_url=url, timeout=30) as client:
             assert client.get("/v1/alerts", headers=good).status_code == 200  # its first request: the address's
@@ -215,7 +190,7 @@ def test_requests_without_a_known_key_share_their_address_budget(migrated_url: s
 
 def test_a_made_up_key_earns_no_budget_of_its_own_on_a_path_without_an_auth_check(migrated_url: str):
     """A 404 says nothing about the key: its requests keep spending the address's budget."""
-    with serve(migrated_url, rate_limiter=RateLimiter(3, clock=FakeClock())) as (url, _):
+    with running_api(migrated_url, rate_limiter=RateLimiter(3, clock=FakeClock())) as (url, _):
         made_up = {"Authorization": f"Bearer {generate_key()}"}
         with httpx.Client(base_url=url, timeout=30) as client:
             statuses = [client.get("/v1/nowhere", headers=made_up).status_code for _ in range(2)]
@@ -225,10 +200,10 @@ def test_a_made_up_key_earns_no_budget_of_its_own_on_a_path_without_an_auth_chec
 
 def test_the_rate_limit_comes_from_the_settings_and_0_turns_it_off(migrated_url: str):
     headers = api_key(migrated_url, "viewer")
-    with serve(migrated_url, api_rate_limit_per_minute=2) as (url, _):
+    with running_api(migrated_url, api_rate_limit_per_minute=2) as (url, _):
         statuses = [httpx.get(f"{url}/v1/segments", headers=headers, timeout=30).status_code for _ in range(3)]
     assert statuses == [404, 404, 429]  # 404: no analyzer run yet
-    with serve(migrated_url, api_rate_limit_per_minute=0) as (url, _):
+    with running_api(migrated_url, api_rate_limit_per_minute=0) as (url, _):
         with httpx.Client(base_url=url, timeout=30) as client:
             assert {client.get("/v1/segments", headers=headers).status_code for _ in range(50)} == {404}
 

@@ -11,6 +11,7 @@ watermark or open a segment's reference window decades ago.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -95,6 +96,15 @@ class DecodedBatch:
         return sum(self.consumed_by_topic.values())
 
 
+def next_offsets(records: Sequence[KafkaRecord]) -> dict[tuple[str, int], int]:
+    """(topic, partition) -> the offset to consume after ``records``: the last one seen + 1."""
+    following: dict[tuple[str, int], int] = {}
+    for record in records:
+        position = (record.topic, record.partition)
+        following[position] = max(following.get(position, 0), record.offset + 1)
+    return following
+
+
 def decode_batch(
     records: list[KafkaRecord],
     *,
@@ -108,9 +118,8 @@ def decode_batch(
     batch = DecodedBatch()
     seen_ids: set[object] = set()
     seen_turns: set[tuple[str, int]] = set()
+    batch.next_offsets = next_offsets(records)
     for record in records:
-        position = (record.topic, record.partition)
-        batch.next_offsets[position] = max(batch.next_offsets.get(position, 0), record.offset + 1)
         batch.consumed_by_topic[record.topic] = batch.consumed_by_topic.get(record.topic, 0) + 1
         try:
             if record.value is None:

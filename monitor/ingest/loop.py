@@ -57,6 +57,7 @@ from monitor.ingest.decode import (
     DecodedBatch,
     TimestampBounds,
     decode_batch,
+    next_offsets,
     rating_row,
     turn_row,
 )
@@ -137,14 +138,6 @@ def describe_store_error(error: BaseException) -> str:
 
 def _position(record: KafkaRecord) -> tuple[str, int, int]:
     return record.topic, record.partition, record.offset
-
-
-def _next_offsets(records: Sequence[KafkaRecord]) -> dict[tuple[str, int], int]:
-    following: dict[tuple[str, int], int] = {}
-    for record in records:
-        position = (record.topic, record.partition)
-        following[position] = max(following.get(position, 0), record.offset + 1)
-    return following
 
 
 @dataclass
@@ -358,7 +351,7 @@ class IngestLoop:
                     [rows.turns[k] for k in keys if k in rows.turns],
                     [rows.ratings[k] for k in keys if k in rows.ratings],
                     [rows.dead_letters[k].row(received_at) for k in keys if k in rows.dead_letters],
-                    _next_offsets(part),
+                    next_offsets(part),
                 )
             except _STORE_ERRORS as exc:
                 if not rejects_data(exc):
@@ -384,7 +377,7 @@ class IngestLoop:
         )
         self._publish([dead], received_at)
         try:
-            self._write_rows([], [], [dead.row(received_at)], _next_offsets([record]))
+            self._write_rows([], [], [dead.row(received_at)], next_offsets([record]))
         except _STORE_ERRORS as exc:
             raise self._store_failed(exc) from exc
         return dead

@@ -80,7 +80,7 @@ def _stage(session: Session, table: Table, rows: Sequence[Mapping[str, Any]]) ->
     positions = [i for i, c in enumerate(columns) if c in json_columns]
     with cursor.copy(f'COPY "{stage}" ({names}) FROM STDIN') as copy:
         for row in rows:
-            values = list(row.values()) if list(row) == columns else [row[c] for c in columns]
+            values = [row[c] for c in columns]
             for i in positions:
                 values[i] = _json_text(values[i])
             copy.write_row(values)

@@ -10,6 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from monitor.api.auth import require
 from monitor.api.deps import ContextDep
 from monitor.auth import VIEW
+from monitor.config import INGEST_ROLES
 from monitor.errors import StoreUnavailable
 from monitor.store.db import ping
 
@@ -36,7 +37,7 @@ def readyz(context: ContextDep) -> JSONResponse:
         checks["database"] = {"ok": False, "error": str(exc)}
     if health.store_writes_failing:
         checks["database"] = {"ok": False, "error": f"the last ingest write failed: {health.store_error}"}
-    if context.settings.role in ("all", "worker"):
+    if context.settings.role in INGEST_ROLES:
         scorer_ping = getattr(context.scorer, "ping", None)
         if callable(scorer_ping):
             checks["scorer"] = {"ok": bool(scorer_ping())}
