@@ -6,6 +6,7 @@ that names the variable, so a typo never silently falls back to a default.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from datetime import UTC, datetime
@@ -203,6 +204,29 @@ class Settings(BaseSettings):
         default=30.0, gt=0, le=3600, description="Wait before the first retry; doubled each retry (at most 1 hour)."
     )
 
+    # Retention (docs/retention.md): ages in days, by event time (dead letters: by arrival); 0 keeps forever.
+    retention_turns_days: int = Field(
+        default=90, ge=0, le=36_500, description="Turns older than this are deleted with their ratings, except "
+        "those the analyzer's reference windows still read; 0: kept forever.",
+    )
+    retention_raw_text_days: int = Field(
+        default=30, ge=0, le=36_500, description="After this, a turn's raw text (messages, prompt, response, "
+        "candidates) and a rating's comment are replaced by their redacted form; 0: never; at most "
+        "retention_turns_days.",
+    )
+    retention_ratings_days: int = Field(
+        default=30, ge=0, le=36_500, description="Ratings still waiting for their turn after this are deleted; "
+        "0: they wait forever. Joined ratings go with their turn.",
+    )
+    retention_dead_letters_days: int = Field(
+        default=14, ge=0, le=36_500, description="Dead letters (raw bytes, key, detail) are deleted this long "
+        "after they arrived; 0: kept forever.",
+    )
+    retention_prune_interval_seconds: float = Field(
+        default=3600.0, ge=0, le=7 * 86_400, description="The analyzer schedule of `serve` prunes this often "
+        "(after an analyzer run); 0: no scheduled prune (run `monitor db prune`).",
+    )
+
     role: Literal["all", "worker", "analyzer", "api"] = Field(
         default="all", description="What `monitor serve` runs: all (ingest, analyzer, API), worker (ingest), "
         "analyzer (signal deriver, analyzer schedule) or api (the API); `--role` overrides it (docs/ingest.md).",
@@ -235,6 +259,28 @@ class Settings(BaseSettings):
         if self.role == "analyzer" and self.analyze_interval_seconds == 0:
             raise ValueError("MONITOR_ROLE=analyzer runs the analyzer schedule: "
                              "MONITOR_ANALYZE_INTERVAL_SECONDS must be > 0")
+        return self
+
+    @model_validator(mode="after")
+    def _retention_consistent(self) -> Settings:
+        def days(value: int) -> float:
+            return math.inf if value == 0 else value
+
+        if days(self.retention_raw_text_days) > days(self.retention_turns_days):
+            raise ValueError(
+                f"MONITOR_RETENTION_RAW_TEXT_DAYS ({self.retention_raw_text_days or 'forever'}) must be at most "
+                f"MONITOR_RETENTION_TURNS_DAYS ({self.retention_turns_days or 'forever'}): raw text is redacted "
+                "before its turn is deleted, never kept to the end (0 means forever)")
+        if self.retention_turns_days:
+            # What the analyzer and the review sampler read back from `turns` (event time).
+            needs = {"MONITOR_ANALYZE_WINDOW_MINUTES": self.analyze_window_minutes,
+                     "MONITOR_ANALYZE_RATING_HORIZON_MINUTES": self.analyze_rating_horizon_minutes,
+                     "MONITOR_REVIEW_LOOKBACK_HOURS": self.review_lookback_hours * 60}
+            name, minutes = max(needs.items(), key=lambda item: item[1])
+            if self.retention_turns_days * 1440 <= minutes:
+                raise ValueError(
+                    f"MONITOR_RETENTION_TURNS_DAYS ({self.retention_turns_days}) must be longer than {name} "
+                    f"({minutes / 1440:g} days): the analyzer reads those turns back")
         return self
 
     @field_validator("log_level")
@@ -345,7 +391,9 @@ def load_settings(**overrides: object) -> Settings:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         problems = "; ".join(
-            f"{ENV_PREFIX}{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            f"{ENV_PREFIX}{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" if err["loc"]
+            # A check across settings (a model validator) names its variables in its message.
+            else err["msg"].removeprefix("Value error, ")
             for err in exc.errors()
         )
         raise ConfigError(f"invalid setting(s): {problems}") from exc

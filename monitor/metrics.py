@@ -18,6 +18,10 @@ ANALYSIS_DETECTORS = ("cusum", "rank_drop")
 RELABEL_STATUSES = ("collecting", "complete", "expired", "cancelled", "insufficient")
 RELABEL_WEBHOOK_OUTCOMES = ("delivered", "retrying", "gave_up")
 OFFSET_RESET_REASONS = ("past_end", "before_start")
+#: (table, action) of the retention prune (monitor.store.retention.ACTIONS) and its outcomes.
+RETENTION_ACTIONS = (("dead_letters", "deleted"), ("turns", "deleted"), ("ratings", "deleted"),
+                     ("turns", "redacted"), ("ratings", "redacted"))
+RETENTION_OUTCOMES = ("complete", "partial", "skipped", "error")
 
 
 def _value(value: float | None) -> float:
@@ -276,8 +280,26 @@ class Metrics:
             "monitor_relabel_webhook_deliveries_total", "Webhook deliveries of relabel_cycle/v1 events, by outcome.",
             ["outcome"], registry=registry,
         )
+        self.retention_pruned_rows = Counter(
+            "monitor_retention_pruned_rows_total", "Rows the retention prune deleted, or whose raw text it "
+            "replaced by the redacted form, by table and action (deleted, redacted).", ["table", "action"],
+            registry=registry,
+        )
+        self.retention_prunes = Counter(
+            "monitor_retention_prunes_total", "Scheduled retention prunes, by outcome: complete, partial (stopped "
+            "after its time slice or waiting for the analyzer lock; carried on after the next run), skipped "
+            "(another process was pruning), error (retried next period).", ["outcome"], registry=registry,
+        )
+        self.retention_last_prune = Gauge(
+            "monitor_retention_last_prune_timestamp_seconds",
+            "Wall time the last scheduled retention prune finished all that was due.", registry=registry,
+        )
         for outcome in RELABEL_WEBHOOK_OUTCOMES:
             self.relabel_webhook_deliveries.labels(outcome=outcome)
+        for table, action in RETENTION_ACTIONS:
+            self.retention_pruned_rows.labels(table=table, action=action)
+        for outcome in RETENTION_OUTCOMES:
+            self.retention_prunes.labels(outcome=outcome)
         for kind in EVENT_KINDS:
             self.events_accepted.labels(kind=kind)
         for reason in DEAD_LETTER_REASONS:

@@ -576,13 +576,17 @@ def _seconds(value: datetime | None) -> float | None:
 
 class AnalyzerThread(threading.Thread):
     """Runs the analyzer every ``interval`` seconds until ``stop`` is set; a failed run is logged
-    and retried on the next tick, never fatal to ingest."""
+    and retried on the next tick, never fatal to ingest. ``after_run`` (the retention schedule,
+    :class:`monitor.retention.RetentionSchedule`) is called after each run, in this thread, so it
+    never overlaps this process's runs; it too is logged and retried if it fails."""
 
-    def __init__(self, analyzer: Analyzer, interval: float, stop: threading.Event) -> None:
+    def __init__(self, analyzer: Analyzer, interval: float, stop: threading.Event,
+                 after_run: Callable[[], object] | None = None) -> None:
         super().__init__(name="analyzer", daemon=True)
         self.analyzer = analyzer
         self.interval = interval
         self.stop_event = stop
+        self.after_run = after_run
 
     def run(self) -> None:
         while not self.stop_event.wait(self.interval):
@@ -590,3 +594,8 @@ class AnalyzerThread(threading.Thread):
                 self.analyzer.run_once()
             except Exception:  # noqa: BLE001 - the schedule must outlive one bad run
                 log.exception("analysis run failed; retrying on the next tick")
+            if self.after_run is not None and not self.stop_event.is_set():
+                try:
+                    self.after_run()
+                except Exception:  # noqa: BLE001 - housekeeping never stops the schedule
+                    log.exception("after-run task failed; retrying on the next tick")

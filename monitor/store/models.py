@@ -4,7 +4,8 @@
 - ``ratings``: every rating event, whether or not its turn has arrived (``joined`` says which).
 - ``consumer_offsets``: the next Kafka offset per (group, topic, partition), written in the same
   transaction as the rows it covers; the consumer resumes from here.
-- ``dead_letters``: every payload that broke its contract, raw bytes included.
+- ``dead_letters``: every payload that broke its contract, raw bytes included (until
+  ``MONITOR_RETENTION_DEAD_LETTERS_DAYS``: :mod:`monitor.store.retention`).
 - ``segment_states``: the analyzer's checkpointed state per segment (calibrations per reward-model
   identity, detector statistics, open episodes); ``analyzer_progress``: the entry time up to which
   it has consumed rated turns.
@@ -101,6 +102,10 @@ class Turn(_FromKafka, Base):
         # The analyzer finds turns whose signals are still to derive without scanning the table.
         Index("ix_turns_signals_pending", "id", sqlite_where=text("sig_length_tokens IS NULL"),
               postgresql_where=text("sig_length_tokens IS NULL")),
+        # The retention prune finds turns whose raw text is still to redact without scanning the
+        # ones it already redacted (monitor.store.retention).
+        Index("ix_turns_unredacted", "ts", sqlite_where=text("redacted_at IS NULL"),
+              postgresql_where=text("redacted_at IS NULL")),
     )
 
     id: Mapped[int] = mapped_column(AutoId, primary_key=True)
@@ -143,6 +148,9 @@ class Turn(_FromKafka, Base):
     prompt_harmful: Mapped[bool | None] = mapped_column(Boolean)
     # "producer" when the event's metadata said so, "classifier" when monitor.risk decided.
     prompt_risk_source: Mapped[str | None] = mapped_column(String(16))
+    # When the retention prune replaced the raw text (messages, prompt, response, candidates) by its
+    # redacted form (MONITOR_RETENTION_RAW_TEXT_DAYS); NULL: the text is still as ingested.
+    redacted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class RatingRow(_FromKafka, Base):
@@ -151,7 +159,11 @@ class RatingRow(_FromKafka, Base):
                       Index("ix_ratings_ts", "ts"),
                       # The few ratings still waiting for their turn: what monitor.store.sweep reads.
                       Index("ix_ratings_unjoined", "conversation_id", "turn", sqlite_where=text("joined = 0"),
-                            postgresql_where=text("joined = false")))
+                            postgresql_where=text("joined = false")),
+                      # Comments the retention prune has still to redact (monitor.store.retention).
+                      Index("ix_ratings_unredacted", "ts",
+                            sqlite_where=text("comment IS NOT NULL AND redacted_at IS NULL"),
+                            postgresql_where=text("comment IS NOT NULL AND redacted_at IS NULL")))
 
     id: Mapped[int] = mapped_column(AutoId, primary_key=True)
     event_id: Mapped[uuid.UUID] = mapped_column(Uuid, unique=True)
@@ -167,6 +179,8 @@ class RatingRow(_FromKafka, Base):
     # Set when the rating joins its turn: the event time it enters the analyzer's detectors (its
     # own ts, or the turn's when the rating came first). Ratings are consumed in this order.
     entry_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    # When the retention prune replaced the comment by its redacted form; NULL: as ingested.
+    redacted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class ConsumerOffset(Base):
@@ -194,7 +208,8 @@ class DeadLetter(Base):
     raw: Mapped[bytes] = mapped_column(LargeBinary)
     reason: Mapped[str] = mapped_column(String(32), index=True)
     detail: Mapped[str] = mapped_column(Text)
-    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Indexed: the retention prune deletes dead letters by age (MONITOR_RETENTION_DEAD_LETTERS_DAYS).
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
 
 
 class SegmentState(Base):
