@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 app = typer.Typer(help="Watch an RLHF assistant and catch its reward model diverging from users.",
                   no_args_is_help=True, add_completion=False)
-db_app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema (Alembic migrations) and retention (prune).", no_args_is_help=True)
 bench_app = typer.Typer(help="Benchmarks that print throughput ratios.", no_args_is_help=True)
 rm_app = typer.Typer(help="Reward models: the bundled demo RM and a scoring server.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
@@ -505,6 +505,67 @@ def db_current() -> None:
         raise typer.Exit(1)
 
 
+@db_app.command("prune")
+def db_prune(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Count what would be pruned; change nothing.")] = False,
+) -> None:
+    """Apply the MONITOR_RETENTION_* settings now: delete turns, ratings and dead letters past their
+    age, replace raw text past its own by the redacted form (docs/retention.md)."""
+    settings = _settings()  # before the imports below: a bad setting fails at once
+    import sys
+
+    from rich.console import Console
+    from rich.progress import Progress, TaskID
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from monitor.retention import prune_store
+    from monitor.store.db import make_engine, make_session_factory, masked_url
+    from monitor.store.migrate import is_at_head
+
+    where = masked_url(settings.database_url)
+    try:
+        at_head = is_at_head(settings.database_url)
+    except SQLAlchemyError as exc:
+        typer.echo(f"error: cannot read {where}: {_first_line(exc)}", err=True)
+        raise typer.Exit(1) from exc
+    if not at_head:  # a prune never migrates, a dry run changes nothing
+        typer.echo(f"error: the schema of {where} is not at the latest migration: run `monitor db upgrade`", err=True)
+        raise typer.Exit(1)
+    engine = make_engine(settings.database_url)
+    sessions = make_session_factory(engine)
+    console = Console(stderr=True)
+    bars = Progress(console=console, transient=True, disable=not console.is_terminal)
+    tasks: dict[str, TaskID] = {}
+
+    def progress(step: str, done: int, total: int | None) -> None:
+        if step not in tasks:
+            tasks[step] = bars.add_task(step, total=total)
+        bars.update(tasks[step], completed=done, total=total)
+        if not console.is_terminal:
+            print(f"{step}: {done:,}" + (f" of {total:,}" if total is not None else ""), file=sys.stderr, flush=True)
+
+    try:
+        with bars:
+            # An analyzer run holds its lock for seconds; the deletions wait that long for it.
+            result = prune_store(settings, sessions, dry_run=dry_run, progress=progress, lock_wait_seconds=120)
+    except SQLAlchemyError as exc:
+        typer.echo(f"error: prune failed on {where}: {_first_line(exc)}", err=True)
+        raise typer.Exit(1) from exc
+    finally:
+        engine.dispose()
+    if result.locked:
+        typer.echo("error: another process is pruning this store; nothing done", err=True)
+        raise typer.Exit(1)
+    typer.echo(result.report())
+    if not result.complete:
+        raise typer.Exit(1)
+
+
+def _first_line(exc: Exception) -> str:
+    """A database error in one line (SQLAlchemy appends the statement and a link)."""
+    return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
+
+
 @bench_app.command("ingest")
 def bench_ingest(
     events: Annotated[int, typer.Option(help="Events to push through both paths.", min=1)] = 50_000,
@@ -512,15 +573,45 @@ def bench_ingest(
         "postgresql://postgres@127.0.0.1:5432/test"
     ),
     bootstrap: Annotated[str | None, typer.Option(help="Kafka bootstrap; default: start the embedded broker.")] = None,
+    workers: Annotated[int, typer.Option(help="Also run N `serve --role worker` processes in one group "
+                                              "(0: skip).", min=0, max=16)] = 0,
 ) -> None:
     """Bare kafka-python consume loop vs our ingest into the store, on the same events."""
     from monitor.bench.ingest import run_ingest_benchmark
 
     try:
         result = run_ingest_benchmark(events=events, database_url=database_url, bootstrap=bootstrap,
-                                      echo=typer.echo)
+                                      workers=workers, echo=typer.echo)
     except MonitorError as exc:
         raise _fail(exc) from exc
+    typer.echo(result.report())
+
+
+@bench_app.command("soak")
+def bench_soak(
+    events: Annotated[int, typer.Option(help="Simulated events to push through serve.", min=1)] = 1_000_000,
+    rate: Annotated[float, typer.Option(help="Events per second, paced.", min=0.001)] = 2000.0,
+    database_url: Annotated[str, typer.Option(help="PostgreSQL server to create the scratch database on.")] = (
+        "postgresql://postgres@127.0.0.1:5432/test"
+    ),
+    warmup: Annotated[float, typer.Option(help="Seconds of traffic before the RSS baseline is taken.", min=0)] = 60.0,
+    output: Annotated[str | None, typer.Option(help="Also write the figures (and RSS samples) as JSON here.")] = None,
+) -> None:
+    """serve as deployed under a steady paced load: RSS growth, freshness (produced to queryable), errors."""
+    from pathlib import Path
+
+    from monitor.bench.soak import run_soak
+
+    try:
+        result = run_soak(events=events, rate=rate, database_url=database_url, warmup_s=warmup,
+                          echo=lambda line: typer.echo(line, err=True))
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    except MonitorError as exc:
+        raise _fail(exc) from exc
+    if output is not None:
+        Path(output).write_text(json.dumps(result.to_json(), indent=2))
     typer.echo(result.report())
 
 

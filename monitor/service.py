@@ -13,6 +13,8 @@ worker   ingest (one member of the consumer group)  ``/healthz``, ``/readyz``, `
 analyzer signal deriver, analyzer schedule          ``/healthz``, ``/readyz``, ``/metrics``
 api      nothing in the background                  the API
 ======== ========================================== ==========================================
+
+The analyzer schedule also runs the retention prune (:mod:`monitor.retention`, docs/retention.md).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from monitor.ingest.dead_letters import DeadLetterPublisher
 from monitor.ingest.loop import IngestLoop
 from monitor.ingest.source import KafkaEventSource, Position, stored_offset_resets
 from monitor.metrics import Metrics
+from monitor.retention import RetentionSchedule
 from monitor.scoring.base import ProducerRewardScorer, Scorer
 from monitor.scoring.factory import build_scorer
 from monitor.store.db import make_engine, make_session_factory, masked_url
@@ -54,6 +57,9 @@ log = logging.getLogger(__name__)
 #: Arbitrary but fixed key of the PostgreSQL advisory lock held while migrating (distinct from
 #: the analyzer's): processes started together (N workers, an analyzer, the API) migrate in turn.
 MIGRATION_LOCK_KEY = 0x6D6F6E6D  # "monm"
+
+#: Longest ingest waits for the signal deriver's models to load before it starts anyway.
+DERIVER_WARM_UP_SECONDS = 60.0
 
 
 def offsets_from_store(
@@ -154,9 +160,12 @@ def run_service(
                                     required_language=settings.required_language, metrics=metrics,
                                     defer_to=backlog.behind if backlog is not None else None)
             deriver.start()
+        # The retention prune runs in the analyzer's thread, between its runs (monitor.retention).
+        retention = RetentionSchedule(settings, sessions, metrics=metrics, stop=stop) \
+            if settings.retention_prune_interval_seconds > 0 else None
         analyzer = AnalyzerThread(
             Analyzer(settings, sessions, metrics=metrics, derive=deriver is None),
-            settings.analyze_interval_seconds, stop,
+            settings.analyze_interval_seconds, stop, after_run=retention.tick if retention is not None else None,
         )
         analyzer.start()
     if on_api_started:
@@ -164,8 +173,12 @@ def run_service(
     try:
         if role in INGEST_ROLES:
             assert scorer is not None
+            if deriver is not None:
+                # Its models load while the API starts and Kafka is reached; ingest waits for them
+                # rather than share the GIL with torch's import (it halved a backlog's first minute).
+                deriver.ready.wait(DERIVER_WARM_UP_SECONDS)
             if tune_collector:
-                tune_gc()
+                tune_gc()  # after the models loaded: their objects are frozen too
             _ingest(settings, sessions, scorer, metrics, health, stop, backlog)
         else:
             stop.wait()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Sequence
 
 import httpx
@@ -125,7 +126,11 @@ def test_a_failing_batch_is_retried_from_its_first_offset_and_nothing_is_lost(to
     with ServiceThread(settings, scorer=scorer) as service:
         wait_for(lambda: counts(url).turns == 25 and counts(url).ratings_joined == 1, what="all events")
         metrics = httpx.get(f"{service.url}/metrics").text
-        assert 'monitor_batch_failures_total{stage="scoring"} 3.0' in metrics
+        # Three failed scorer calls; the batch decoded beside a failing write is dropped with it,
+        # so up to three batches fail (one call can be that dropped batch's).
+        failures = re.search(r'monitor_batch_failures_total\{stage="scoring"\} (\S+)', metrics)
+        assert failures is not None and 1 <= float(failures.group(1)) <= 3
+        assert scorer.calls > 3
     engine = make_engine(url)
     with make_session_factory(engine)() as session:
         turns = session.scalars(select(Turn)).all()

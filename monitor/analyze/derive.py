@@ -62,10 +62,12 @@ def fill_signals(sessions: sessionmaker[Session], *, required_language: Mapping[
         with sessions.begin() as session:
             if prepare:
                 prepare(session)
-            store_signals(session, updates)
-        filled += len(rows)
+            stored = store_signals(session, updates)
+        filled += stored
         if progress:
             progress(filled)
+        if stored < len(rows):  # turns ingest holds right now: the next pass takes them
+            return filled
     return filled
 
 
@@ -91,6 +93,21 @@ class SignalDeriver(threading.Thread):
         self.required_language, self.prepare, self.metrics, self.chunk = required_language, prepare, metrics, chunk
         self.defer_to, self.max_defer = defer_to, max_defer
         self.deferred_seconds = 0.0
+        #: Set once the classifiers are loaded (or failed to load: the passes retry and log it).
+        self.ready = threading.Event()
+
+    def warm_up(self) -> None:
+        """Load the sentence classifiers (torch, transformers, MiniLM weights: 6-10 s of CPU that
+        holds the GIL most of the time) now, before ingest starts, rather than in the middle of it."""
+        started = time.monotonic()
+        try:
+            derive_signals([("", "Warming up.", None)])
+        except Exception:  # noqa: BLE001 - the first pass retries and logs why
+            log.exception("loading the signal classifiers failed; the deriver retries")
+        else:
+            log.info("signal classifiers loaded", extra={"seconds": round(time.monotonic() - started, 1)})
+        finally:
+            self.ready.set()
 
     def _give_way(self) -> None:
         if self.defer_to is None:
@@ -102,6 +119,7 @@ class SignalDeriver(threading.Thread):
         self.deferred_seconds += time.monotonic() - started
 
     def run(self) -> None:
+        self.warm_up()
         while not self.stop_event.is_set():
             self._give_way()
             started = time.monotonic()

@@ -17,8 +17,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from monitor.errors import InvalidEvent
-from monitor.events import ConversationEvent, RatingEvent, parse_conversation, parse_rating
+from monitor.events import ConversationEvent, RatingEvent
 from monitor.ingest.records import KafkaRecord
+from monitor.ingest.wire import WireConversation, WireRating, decode_conversation, decode_rating
 from monitor.scoring.base import ScoreOutcome
 
 
@@ -83,8 +84,8 @@ DEFAULT_TIMESTAMP_BOUNDS = TimestampBounds()
 
 @dataclass
 class DecodedBatch:
-    conversations: list[tuple[KafkaRecord, ConversationEvent]] = field(default_factory=list)
-    ratings: list[tuple[KafkaRecord, RatingEvent]] = field(default_factory=list)
+    conversations: list[tuple[KafkaRecord, WireConversation]] = field(default_factory=list)
+    ratings: list[tuple[KafkaRecord, WireRating]] = field(default_factory=list)
     dead_letters: list[DeadLetterRecord] = field(default_factory=list)
     #: (topic, partition) -> the offset to consume next, i.e. the last offset seen + 1.
     next_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
@@ -125,7 +126,7 @@ def decode_batch(
             if record.value is None:
                 raise InvalidEvent("invalid_json", "empty record value (tombstone)")
             if record.topic == conversations_topic:
-                conversation = parse_conversation(record.value)
+                conversation = decode_conversation(record.value)
                 timestamps.check(conversation.ts, now)
                 turn_key = (conversation.conversation_id, conversation.turn)
                 if conversation.event_id in seen_ids or turn_key in seen_turns:
@@ -135,7 +136,7 @@ def decode_batch(
                 seen_turns.add(turn_key)
                 batch.conversations.append((record, conversation))
             elif record.topic == ratings_topic:
-                rating = parse_rating(record.value)
+                rating = decode_rating(record.value)
                 timestamps.check(rating.ts, now)
                 if rating.event_id in seen_ids:
                     batch.duplicates += 1
@@ -160,7 +161,7 @@ def utc(ts: datetime) -> datetime:
     return ts if not ts.utcoffset() else ts.astimezone(UTC)
 
 
-def turn_row(record: KafkaRecord, event: ConversationEvent, outcome: ScoreOutcome, scorer: str,
+def turn_row(record: KafkaRecord, event: ConversationEvent | WireConversation, outcome: ScoreOutcome, scorer: str,
              ingested_at: datetime) -> dict[str, Any]:
     """The ``turns`` row of one event: its text, score and, when the producer sent it, the prompt's risk.
 
@@ -184,7 +185,8 @@ def turn_row(record: KafkaRecord, event: ConversationEvent, outcome: ScoreOutcom
         "messages": [{"role": m.role, "content": m.content} for m in messages],
         "prompt": event.prompt,
         "response": messages[-1].content,
-        "candidates": [c.model_dump() for c in event.candidates] if event.candidates else None,
+        "candidates": [{"content": c.content, "model_version": c.model_version, "reward": c.reward}
+                       for c in event.candidates] if event.candidates else None,
         "producer_reward": event.reward,
         "score": outcome.score,
         "scorer": scorer,
@@ -200,7 +202,7 @@ def turn_row(record: KafkaRecord, event: ConversationEvent, outcome: ScoreOutcom
     }
 
 
-def rating_row(record: KafkaRecord, event: RatingEvent, ingested_at: datetime) -> dict[str, Any]:
+def rating_row(record: KafkaRecord, event: RatingEvent | WireRating, ingested_at: datetime) -> dict[str, Any]:
     return {
         "event_id": event.event_id,
         "conversation_id": event.conversation_id,

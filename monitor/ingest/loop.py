@@ -8,11 +8,12 @@ Per batch, in this order:
 4. write turns, ratings, dead letters, rating joins and the next offsets in **one** transaction;
 5. commit the offsets to Kafka (a failure here costs nothing: the store already has them).
 
-Steps 1-4 run on a writer thread while the main thread polls the next batch, so fetching from
-Kafka overlaps with writing to the store (one batch in flight, never more; batches are written in
-order). The consumer is only touched from the main thread. (Decoding on the polling thread
-instead, to overlap it with the writer's wait for the database, was slower: 13-20% more CPU per
-event in contention for the GIL, `monitor bench ingest`.)
+Three threads make a pipeline: the main thread polls, a decoder thread runs steps 1-2 (and
+builds the rows), a writer thread steps 3-4. While batch N is written, batch N+1 is decoded and
+N+2 fetched, so the writer's waits for the database are spent on the next batch's Python work (the
+GIL was idle 40% of the time with decode and write on one thread, `monitor bench ingest`). At most
+two batches are in flight; batches are written in order; the consumer is only touched from the
+main thread. (Decoding on the polling thread itself was slower: it held up the next fetch.)
 
 If step 2, 3 or 4 fails, nothing of the batch is committed anywhere: the consumer is rewound to the
 first offsets of the failed batch (and of the one polled meanwhile, which is dropped), and ingest
@@ -49,7 +50,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from monitor.analyze.segments import SegmentScheme
 from monitor.config import Settings
 from monitor.errors import BrokerUnavailable, InvalidEvent, MonitorError, ScoringError
-from monitor.events import ConversationEvent
 from monitor.health import HealthState
 from monitor.ingest.backlog import Backlog
 from monitor.ingest.decode import (
@@ -63,6 +63,7 @@ from monitor.ingest.decode import (
 )
 from monitor.ingest.records import KafkaRecord
 from monitor.ingest.source import EventSource
+from monitor.ingest.wire import WireConversation
 from monitor.metrics import Metrics
 from monitor.scoring.base import ScoreOutcome, Scorer, ScoringStats
 from monitor.store.models import utcnow
@@ -86,6 +87,17 @@ class DeadLetterSink(Protocol):
 class _InFlight:
     records: list[KafkaRecord]
     future: Future[DecodedBatch]
+
+
+@dataclass
+class _Prepared:
+    """A decoded and scored batch with its rows, ready for the writer (steps 1-2)."""
+
+    batch: DecodedBatch
+    received_at: datetime
+    turns: list[dict[str, Any]]
+    ratings: list[dict[str, Any]]
+    started: float
 
 
 def _first_offsets(records: list[KafkaRecord]) -> dict[tuple[str, int], int]:
@@ -213,7 +225,8 @@ class IngestLoop:
         # with `monitor bench ingest`: ~10% more events/s at 0.5 ms.
         switch_interval = sys.getswitchinterval()
         sys.setswitchinterval(min(switch_interval, 0.0005))
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-writer") as writer:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-decoder") as decoder, \
+                ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-writer") as writer:
             self._source.set_revoke_hook(self._finish_in_flight)
             try:
                 while not stop.is_set():
@@ -221,12 +234,15 @@ class IngestLoop:
                     records = self._source.poll()
                     if self._backlog is not None:
                         self._backlog.note_poll(len(records))
+                    # Decoding starts now, beside the write of the batch in flight; if that write
+                    # fails, these records are rewound and this decoding goes unused.
+                    prepared = decoder.submit(self._prepare, records) if records else None
                     if not self._finish_in_flight(polled_meanwhile=records):
                         stop.wait(self._backoff)
                         self._backoff = min(self._backoff * 2, self._settings.retry_backoff_max_seconds)
                         continue
-                    if records:
-                        self._in_flight = _InFlight(records, writer.submit(self.process_batch, records))
+                    if prepared is not None:
+                        self._in_flight = _InFlight(records, writer.submit(self._store, records, prepared))
                 self._finish_in_flight()
             finally:
                 self._source.set_revoke_hook(None)
@@ -256,6 +272,10 @@ class IngestLoop:
         Return the batch as written (records the store rejected among its dead letters); raise
         :class:`BatchFailed` when nothing of it may be committed to Kafka, nothing else.
         """
+        return self._store(records, self._prepare(records))
+
+    def _prepare(self, records: list[KafkaRecord]) -> _Prepared:
+        """Steps 1-2: decode and validate, score, build the rows (the decoder thread)."""
         started = time.perf_counter()
         # One reading of the wall clock per batch: it bounds the events' ts and stamps the rows.
         received_at = self._wall_clock()
@@ -266,8 +286,21 @@ class IngestLoop:
             now=received_at,
             timestamps=self._timestamps,
         )
-        batch = self._write(records, batch, received_at)
-        self._record(batch, time.perf_counter() - started)
+        outcomes = self._score([event for _, event in batch.conversations])
+        identity = self._scorer.identity
+        turns = [
+            turn_row(record, event, outcome, identity, received_at)
+            for (record, event), outcome in zip(batch.conversations, outcomes, strict=True)
+        ]
+        ratings = [rating_row(record, event, received_at) for record, event in batch.ratings]
+        return _Prepared(batch, received_at, turns, ratings, started)
+
+    def _store(self, records: list[KafkaRecord], prepared: _Prepared | Future[_Prepared]) -> DecodedBatch:
+        """Steps 3-4 (the writer thread), once ``prepared`` is ready."""
+        if isinstance(prepared, Future):
+            prepared = prepared.result()  # raises the decoder's BatchFailed (scoring)
+        batch = self._write(records, prepared)
+        self._record(batch, time.perf_counter() - prepared.started)
         return batch
 
     def _commit(self, batch: DecodedBatch) -> None:
@@ -277,16 +310,9 @@ class IngestLoop:
             self._metrics.batch_failures.labels(stage="commit").inc()
             log.warning("Kafka offset commit failed (the store has the offsets)", extra={"error": str(exc)})
 
-    def _write(self, records: list[KafkaRecord], batch: DecodedBatch, received_at: datetime) -> DecodedBatch:
+    def _write(self, records: list[KafkaRecord], prepared: _Prepared) -> DecodedBatch:
         """Write the batch; return it, amended with the records the store rejected (if any)."""
-        events: list[ConversationEvent] = [event for _, event in batch.conversations]
-        outcomes = self._score(events)
-        identity = self._scorer.identity
-        turns = [
-            turn_row(record, event, outcome, identity, received_at)
-            for (record, event), outcome in zip(batch.conversations, outcomes, strict=True)
-        ]
-        ratings = [rating_row(record, event, received_at) for record, event in batch.ratings]
+        batch, received_at, turns, ratings = prepared.batch, prepared.received_at, prepared.turns, prepared.ratings
         self._publish(batch.dead_letters, received_at)
         try:
             self._write_rows(turns, ratings, [d.row(received_at) for d in batch.dead_letters], batch.next_offsets)
@@ -382,7 +408,7 @@ class IngestLoop:
             raise self._store_failed(exc) from exc
         return dead
 
-    def _score(self, events: list[ConversationEvent]) -> list[ScoreOutcome]:
+    def _score(self, events: list[WireConversation]) -> list[ScoreOutcome]:
         if not events:
             return []
         started = time.perf_counter()

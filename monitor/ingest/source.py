@@ -27,7 +27,7 @@ from monitor.errors import BrokerUnavailable
 from monitor.health import HealthState
 from monitor.ingest.offset_guard import OffsetGuard, OffsetResetter, Position, stored_offset_resets
 from monitor.ingest.records import KafkaRecord
-from monitor.kafka_defaults import BOOTSTRAP_TIMEOUT_MS
+from monitor.kafka_defaults import BOOTSTRAP_TIMEOUT_MS, FETCH_MAX_WAIT_MS
 from monitor.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -104,6 +104,7 @@ class KafkaEventSource:
                 session_timeout_ms=settings.session_timeout_ms,
                 heartbeat_interval_ms=max(settings.session_timeout_ms // 5, 100),
                 bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
+                fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
             )
         except KafkaError as exc:
             raise BrokerUnavailable(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}") from exc

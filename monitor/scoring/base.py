@@ -12,8 +12,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from monitor.events import ConversationEvent
-
 
 @dataclass(frozen=True, slots=True)
 class ScoreOutcome:
@@ -41,9 +39,26 @@ class ScoringStats:
         return self.padded_tokens / total if total else 0.0
 
 
-def conversations_of(events: Sequence[ConversationEvent]) -> list[list[dict[str, str]]]:
+class ScoredMessage(Protocol):
+    @property
+    def role(self) -> str: ...
+    @property
+    def content(self) -> str: ...
+
+
+class ScoredTurn(Protocol):
+    """What a scorer reads of an event: a :class:`~monitor.events.ConversationEvent`, or the
+    ingest path's :class:`~monitor.ingest.wire.WireConversation`."""
+
+    @property
+    def messages(self) -> Sequence[ScoredMessage]: ...
+    @property
+    def reward(self) -> float | None: ...
+
+
+def conversations_of(events: Sequence[ScoredTurn]) -> list[list[dict[str, str]]]:
     """Each event's messages as plain dicts, the form model-running scorers take."""
-    return [[message.model_dump() for message in event.messages] for event in events]
+    return [[{"role": message.role, "content": message.content} for message in event.messages] for event in events]
 
 
 @runtime_checkable
@@ -54,7 +69,7 @@ class Scorer(Protocol):
         models are never mixed silently. Read-only: a plain attribute or a property satisfies it."""
         ...
 
-    def score(self, events: Sequence[ConversationEvent]) -> list[ScoreOutcome]: ...
+    def score(self, events: Sequence[ScoredTurn]) -> list[ScoreOutcome]: ...
 
 
 class ProducerRewardScorer:
@@ -62,5 +77,5 @@ class ProducerRewardScorer:
 
     identity = "producer"
 
-    def score(self, events: Sequence[ConversationEvent]) -> list[ScoreOutcome]:
+    def score(self, events: Sequence[ScoredTurn]) -> list[ScoreOutcome]:
         return [ScoreOutcome(event.reward) for event in events]

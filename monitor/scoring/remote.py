@@ -27,8 +27,7 @@ import httpx
 from pydantic import ValidationError
 
 from monitor.errors import ScoringError
-from monitor.events import ConversationEvent
-from monitor.scoring.base import ScoreOutcome, conversations_of
+from monitor.scoring.base import ScoredTurn, ScoreOutcome, conversations_of
 from monitor.scoring.server import MAX_CONVERSATIONS, ModelInfo, ScoreResponse
 
 log = logging.getLogger(__name__)
@@ -90,7 +89,7 @@ class RemoteScorer:
             self._server_identity = self._fetch_identity()
         return f"remote:{self._server_identity or self.url}"
 
-    def score(self, events: Sequence[ConversationEvent]) -> list[ScoreOutcome]:
+    def score(self, events: Sequence[ScoredTurn]) -> list[ScoreOutcome]:
         return self.score_conversations(conversations_of(events))
 
     def score_conversations(self, conversations: Sequence[Conversation]) -> list[ScoreOutcome]:

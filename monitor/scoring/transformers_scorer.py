@@ -28,9 +28,8 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, BatchEncoding
 
 from monitor.errors import ScoringError
-from monitor.events import ConversationEvent
 from monitor.lru import BoundedLru
-from monitor.scoring.base import ScoreOutcome, ScoringStats, conversations_of
+from monitor.scoring.base import ScoredTurn, ScoreOutcome, ScoringStats, conversations_of
 from monitor.scoring.batching import Encoded, plan_batches
 from monitor.scoring.formatting import plain_pair
 
@@ -128,7 +127,7 @@ class TransformersScorer:
         self.identity = f"transformers:{self.model_name}@{version}"
 
     # -- the Scorer seam ------------------------------------------------------------------------
-    def score(self, events: Sequence[ConversationEvent]) -> list[ScoreOutcome]:
+    def score(self, events: Sequence[ScoredTurn]) -> list[ScoreOutcome]:
         return self.score_conversations(conversations_of(events))
 
     def score_conversations(self, conversations: Sequence[Conversation]) -> list[ScoreOutcome]:
