@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -143,10 +144,21 @@ class ConversationEvent(_TurnEvent):
     @property
     def prompt(self) -> str:
         """The last user message before the response ('' when there is none)."""
-        for message in reversed(self.messages[:-1]):
-            if message.role == "user":
-                return message.content
-        return ""
+        return prompt_of(self.messages)
+
+
+def prompt_of(messages: Sequence[Any]) -> str:
+    """The last user message before the response (the last message); '' when there is none."""
+    for message in reversed(messages[:-1]):
+        if message.role == "user":
+            return str(message.content)
+    return ""
+
+
+def check_size(raw: bytes) -> None:
+    """Raise :class:`InvalidEvent` (``oversize``) for a Kafka value over :data:`MAX_MESSAGE_BYTES`."""
+    if len(raw) > MAX_MESSAGE_BYTES:
+        raise InvalidEvent("oversize", f"{len(raw)} bytes exceeds the {MAX_MESSAGE_BYTES} byte limit")
 
 
 class ThumbsRating(_Strict):
@@ -263,8 +275,7 @@ def parse_relabel_cycle(raw: bytes) -> RelabelCycleEvent:
 
 
 def _parse(model: type[_Strict], raw: bytes, schema: str) -> _Strict:
-    if len(raw) > MAX_MESSAGE_BYTES:
-        raise InvalidEvent("oversize", f"{len(raw)} bytes exceeds the {MAX_MESSAGE_BYTES} byte limit")
+    check_size(raw)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -31,16 +31,16 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta, Struct
 
-from monitor.errors import InvalidEvent
 from monitor.events import (
     MAX_CANDIDATES,
-    MAX_MESSAGE_BYTES,
     MAX_MESSAGES,
     MAX_TURN,
     _check_text,
     _load,
+    check_size,
     parse_conversation,
     parse_rating,
+    prompt_of,
     to_wire,
 )
 
@@ -94,10 +94,7 @@ class WireConversation(_Wire, frozen=True, rename={"schema_": "schema"}):
     @property
     def prompt(self) -> str:
         """The last user message before the response ('' when there is none)."""
-        for message in reversed(self.messages[:-1]):
-            if message.role == "user":
-                return message.content
-        return ""
+        return prompt_of(self.messages)
 
 
 class _WireRating(_Wire, frozen=True, tag_field="kind"):
@@ -166,8 +163,7 @@ def _checked_text(raw: bytes) -> None:
 
 def decode_conversation(raw: bytes) -> WireConversation:
     """Validate a ``conversation/v1`` Kafka value; raise :class:`InvalidEvent` (the contract's reason)."""
-    if len(raw) > MAX_MESSAGE_BYTES:
-        raise InvalidEvent("oversize", f"{len(raw)} bytes exceeds the {MAX_MESSAGE_BYTES} byte limit")
+    check_size(raw)
     try:
         event = _conversations.decode(raw)
     except (msgspec.DecodeError, RecursionError):
@@ -181,8 +177,7 @@ def decode_conversation(raw: bytes) -> WireConversation:
 
 def decode_rating(raw: bytes) -> WireRating:
     """Validate a ``rating/v1`` Kafka value; raise :class:`InvalidEvent` (the contract's reason)."""
-    if len(raw) > MAX_MESSAGE_BYTES:
-        raise InvalidEvent("oversize", f"{len(raw)} bytes exceeds the {MAX_MESSAGE_BYTES} byte limit")
+    check_size(raw)
     try:
         event = _ratings.decode(raw)
     except (msgspec.DecodeError, RecursionError):
