@@ -638,6 +638,8 @@ def bench_analyze(
     new: Annotated[int, typer.Option(help="New turns (signals not derived) before the measured run.", min=1)] = 10_000,
     varied: Annotated[int, typer.Option(help="Turns whose every sentence is new, to time the deriver on.",
                                         min=1)] = 1000,
+    rate: Annotated[float, typer.Option(help="Turns per second of event time: at 10 the hour-long window holds "
+                                             "36k turns, at 1000 3.6M.", min=0.001)] = 10.0,
     database_url: Annotated[str, typer.Option(help="PostgreSQL server to create the scratch databases on.")] = (
         "postgresql://postgres@127.0.0.1:5432/test"
     ),
@@ -672,8 +674,8 @@ def bench_analyze(
 
     try:
         with bars:
-            result = run_analyze_benchmark(sizes=counts, new=new, varied=varied, database_url=database_url, keep=keep,
-                                           echo=lambda line: typer.echo(line, err=True), progress=progress)
+            result = run_analyze_benchmark(sizes=counts, new=new, varied=varied, rate=rate, database_url=database_url,
+                                           keep=keep, echo=lambda line: typer.echo(line, err=True), progress=progress)
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc

@@ -109,6 +109,10 @@ class Settings(BaseSettings):
     analyze_window_minutes: float = Field(
         default=60.0, gt=0, description="The current window (event time) of segment statistics and drift."
     )
+    analyze_window_max_turns: int = Field(
+        default=30_000, ge=1000, description="Turns a run reads of the current window at most: beyond, a "
+        "systematic sample per segment (counts stay exact; a quiet segment is read whole beside a busy one)."
+    )
     analyze_false_alarm_labels: int = Field(
         default=10_000, ge=100, description="False-alarm budget: at most one per this many rated turns per segment."
     )

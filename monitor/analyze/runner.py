@@ -49,6 +49,7 @@ from monitor.analyze.flags import FlagPublisher
 from monitor.analyze.frame import TurnFrame
 from monitor.analyze.segments import SegmentScheme
 from monitor.analyze.state import SegmentState
+from monitor.analyze.window_sample import WindowPlan, plan_window
 from monitor.analyze.window_stats import reported_segments, segment_stats
 from monitor.config import Settings
 from monitor.errors import BrokerUnavailable, StoreUnavailable
@@ -80,9 +81,11 @@ from monitor.store.analysis import (
     save_states,
     snapshot_isolation,
     store_divergence,
+    undiverged_rows,
     unheard_partitions,
     unpublished_alerts,
     watermarks,
+    window_groups,
     window_rows,
 )
 from monitor.store.models import Alert, AnalysisRun, utcnow
@@ -100,6 +103,10 @@ RUNS_KEPT = 100
 REPORTS_KEPT = 3
 #: Entries a run reads at once: a catch-up over more goes page by page, so its memory is a page's.
 ENTRY_PAGE = 50_000
+#: New turns the per-sample divergence reads at once, and at most in one run (newest first; at
+#: 2k turns/s a minute's schedule brings 120k).
+DIVERGENCE_PAGE = 20_000
+DIVERGENCE_PER_RUN = 400_000
 #: The review gauges summarise the reviewed turns of this many days (event time) before the watermark.
 REVIEW_REPORT_DAYS = 7
 
@@ -166,8 +173,9 @@ class _Snapshot:
     until: float | None  # the new checkpoint
     watermark: float | None
     entries: TurnFrame
-    window: TurnFrame
-    window_divergence: np.ndarray  # stored values (NaN: not set yet)
+    window: TurnFrame  # the current window's turns, a sample of it where ``plan`` says so
+    plan: WindowPlan  # the window's exact counts, and how ``window`` samples it
+    since: datetime | None  # where the window starts (event time)
     firing: dict[str, tuple[str, list[str]]]  # key -> (segment, modes) of alerts firing before the run
     drift_due: bool
     more: bool = False  # a page of a catch-up: more entries are due after ``until``
@@ -294,10 +302,7 @@ class Analyzer:
             lap = _lap(summary.phases, "write", lap)
             log.info("analysis page", extra={"entered": result.entered, "checkpoint": from_seconds(snapshot.until)})
         result = advance(snapshot.states, snapshot.entries, self.config)
-        new = np.flatnonzero(np.isnan(snapshot.window_divergence))
-        divergence = divergence_scores(snapshot.states, snapshot.window.take(new))
-        scored = {int(snapshot.window.row_id[i]): float(value) for i, value in zip(new, divergence, strict=True)
-                  if math.isfinite(value)}
+        scored = self._score_new_turns(snapshot)
         segments = self._segments(snapshot, result)
         report = self._drift_report(snapshot) if snapshot.drift_due else None
         lap = _lap(summary.phases, "compute", lap)
@@ -313,7 +318,7 @@ class Analyzer:
             prune_runs(session, keep=RUNS_KEPT, reports_kept=REPORTS_KEPT)
             firing = firing_alerts(session)
         lap = _lap(summary.phases, "write", lap)
-        summary.turns = len(snapshot.window)
+        summary.turns = snapshot.plan.turns
         summary.labelled = sum(state.labelled for state in snapshot.states.values())
         summary.scored = len(scored)
         summary.opened, summary.firing = len(opened), len(firing)
@@ -378,24 +383,52 @@ class Analyzer:
                 return _Snapshot(
                     states=states, checkpoint=_seconds(previous), until=_seconds(until),
                     watermark=_seconds(watermark), entries=_entry_frame(rows, self.scheme, config),
-                    window=TurnFrame.from_rows([], self.scheme), window_divergence=np.empty(0), firing={},
-                    drift_due=False, more=True)
-            window = window_rows(session, watermark - timedelta(seconds=config.window_seconds)) \
-                if watermark is not None else []
+                    window=TurnFrame.from_rows([], self.scheme), plan=plan_window([], self.scheme, max_turns=1),
+                    since=None, firing={}, drift_due=False, more=True)
+            since = watermark - timedelta(seconds=config.window_seconds) if watermark is not None else None
+            # The window's exact counts, then its turns: all of them, or a sample per segment past
+            # MONITOR_ANALYZE_WINDOW_MAX_TURNS (at 2k events/s the hour held 740k turns).
+            plan = plan_window(window_groups(session, since) if since is not None else [], self.scheme,
+                               max_turns=self.settings.analyze_window_max_turns)
+            window = [] if since is None else window_rows(session, since, plan.strides if plan.sampled else None)
             firing = {alert.key: (alert.segment, list(alert.evidence.get("attribution", {}).get("modes", [])))
                       for alert in firing_alerts(session)}
             if drift is None:
                 last = latest_run(session, with_report=True)
                 drift = last is None or (utcnow() - last.finished_at).total_seconds() >= \
                     self.settings.analyze_drift_interval_seconds
-        window_frame = TurnFrame.from_rows(window, self.scheme)
-        stored = {row["id"]: row["divergence"] for row in window}
         return _Snapshot(
             states=states, checkpoint=_seconds(previous), until=_seconds(until), watermark=_seconds(watermark),
-            entries=_entry_frame(rows, self.scheme, config), window=window_frame,
-            window_divergence=np.array([np.nan if stored[i] is None else stored[i] for i in window_frame.row_id],
-                                       dtype=float),
-            firing=firing, drift_due=bool(drift))
+            entries=_entry_frame(rows, self.scheme, config), window=TurnFrame.from_rows(window, self.scheme),
+            plan=plan, since=since, firing=firing, drift_due=bool(drift))
+
+    def _score_new_turns(self, snapshot: _Snapshot) -> dict[int, float]:
+        """Per-sample divergence of the window's scored turns that have none yet, in segments with a
+        calibration: newest first, a page at a time (its memory is a page's, whatever the rate),
+        at most :data:`DIVERGENCE_PER_RUN` a run. Turns whose reward model has no calibration
+        yet stay empty and are tried again next run while they are in the window."""
+        calibrated = {name for name, state in snapshot.states.items()
+                      if any(track.calibration is not None for track in state.tracks.values())}
+        groups = [group for group, segment in snapshot.plan.segments.items() if segment in calibrated]
+        scored: dict[int, float] = {}
+        before: int | None = None
+        read = 0
+        while snapshot.since is not None and groups and read < DIVERGENCE_PER_RUN:
+            with self.sessions.begin() as session:
+                self._bound(session)
+                rows = undiverged_rows(session, snapshot.since, groups, before_id=before,
+                                       limit=min(DIVERGENCE_PAGE, DIVERGENCE_PER_RUN - read))
+            if not rows:
+                break
+            read += len(rows)
+            before = rows[-1]["id"]
+            page = TurnFrame.from_rows(rows, self.scheme)
+            values = divergence_scores(snapshot.states, page)
+            scored.update((int(row_id), float(value)) for row_id, value in zip(page.row_id, values, strict=True)
+                          if math.isfinite(value))
+            if len(rows) < DIVERGENCE_PAGE:
+                break
+        return scored
 
     def _partition_watermarks(self, session: Session) -> tuple[datetime | None, datetime | None]:
         """Per topic, the lowest event time of its active partitions (a lagging one holds it back)."""
@@ -415,9 +448,11 @@ class Analyzer:
                 firing[episode.segment][key] = list(episode.modes) or firing[episode.segment].get(key, [])
             else:
                 firing[episode.segment].pop(key, None)
+        plan = snapshot.plan
         return [segment_stats(name, snapshot.window, snapshot.states.get(name), list(firing[name].values()),
-                              snapshot.watermark, self.config)
-                for name in reported_segments(self.scheme, snapshot.window, list(snapshot.states))]
+                              snapshot.watermark, self.config, counts=plan.counts.get(name, (0, 0)),
+                              stride=plan.stride_of(name))
+                for name in reported_segments(self.scheme, snapshot.window, [*snapshot.states, *plan.counts])]
 
     def _drift_report(self, snapshot: _Snapshot) -> DriftReport | None:
         if self._drift.rows <= 0:

@@ -1,7 +1,8 @@
 """Per-segment statistics of the current window: what ``/v1/segments`` and the metrics show.
 
-Computed each run from the turns of the last ``window_seconds`` of event time (a bounded read)
-and the segment's state: reward mean, realised and estimated (CBPE) satisfaction and their gap,
+Computed each run from the turns of the last ``window_seconds`` of event time (a bounded read: a
+sample per segment past ``MONITOR_ANALYZE_WINDOW_MAX_TURNS``, :mod:`monitor.analyze.window_sample`,
+with the counts exact) and the segment's state: reward mean, realised and estimated (CBPE) satisfaction and their gap,
 rank agreement, signal means, safety rates, the reward model in use and its changes.
 """
 
@@ -28,8 +29,11 @@ def reported_segments(scheme: SegmentScheme, frame: TurnFrame, states: Sequence[
 
 
 def segment_stats(segment: str, window: TurnFrame, state: SegmentState | None, firing_modes: Sequence[Sequence[str]],
-                  watermark: float | None, config: AnalysisConfig) -> dict:
-    """``firing_modes``: the modes of each firing alert of the segment."""
+                  watermark: float | None, config: AnalysisConfig, *, counts: tuple[int, int] | None = None,
+                  stride: int = 1) -> dict:
+    """``firing_modes``: the modes of each firing alert of the segment. ``counts``: the segment's
+    exact (turns, rated turns) in the window when ``window`` holds a sample of them, one turn in
+    ``stride`` (:mod:`monitor.analyze.window_sample`); means and intervals are the sample's."""
     mine = window.segment == segment
     scored = mine & ~np.isnan(window.score)
     rated = mine & window.rated
@@ -42,7 +46,9 @@ def segment_stats(segment: str, window: TurnFrame, state: SegmentState | None, f
         "status": ("warming_up" if calibration is None else "diverging" if firing_modes else "ok"),
         "window": {"from": iso(watermark - config.window_seconds) if watermark else None,
                    "to": iso(watermark) if watermark else None},
-        "turns": int(mine.sum()), "rated": int(rated.sum()), "labelled_total": labelled_total,
+        "turns": int(mine.sum()) if counts is None else counts[0],
+        "rated": int(rated.sum()) if counts is None else counts[1], "labelled_total": labelled_total,
+        "sample": {"turns": int(mine.sum()), "rated": int(rated.sum()), "one_in": stride} if stride > 1 else None,
         "reference_labels_needed": config.reference_labels - gathered if calibration is None else 0,
         "reward_model": track.identity if track else None,
         "reward_model_changes": list(state.changes) if state else [],

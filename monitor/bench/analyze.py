@@ -1,7 +1,8 @@
 """`monitor bench analyze`: the cost of a scheduled analyzer run as the store grows (PostgreSQL).
 
 For each size: a fresh database migrated to head, ``size`` synthetic turns bulk-loaded with their
-signals derived (:mod:`monitor.bench.bulk_turns`, 10 turns/s of event time, 30% rated), then
+signals derived (:mod:`monitor.bench.bulk_turns`, 10 turns/s of event time by default, ``--rate``
+to fill the analyzer's window faster, 30% rated), then
 
 1. **catch-up**: the analyzer's first run, from scratch, over every stored turn;
 2. ``new`` more turns after the last one, signals not derived (as ingest leaves them);
@@ -54,6 +55,8 @@ from monitor.store.db import normalise_url
 
 DEFAULT_SIZES = (100_000, 300_000, 1_000_000)
 DEFAULT_NEW = 10_000
+#: Turns per second of event time (bulk_turns.TURNS_PER_SECOND, not imported: see _bench_size).
+DEFAULT_RATE = 10.0
 #: New turns before the warm-up run, the measured run's previous tick.
 WARM_UP_NEW = 100
 #: Turns of varied text (every sentence new) the deriver is timed on.
@@ -180,33 +183,37 @@ def bench_database(database_url: str, label: str, *, keep: bool = False) -> Iter
 
 
 def run_analyze_benchmark(*, sizes: tuple[int, ...] = DEFAULT_SIZES, new: int = DEFAULT_NEW, varied: int = VARIED_NEW,
+                          rate: float = DEFAULT_RATE,
                           database_url: str = "postgresql://postgres@127.0.0.1:5432/test", keep: bool = False,
                           echo: Callable[[str], None] = print,
                           progress: Callable[[str, int], Callable[[int], None]] | None = None) -> AnalyzeBenchResult:
     """Run the bench at each of ``sizes`` (stored turns) with ``new`` new turns before the measured
-    run. ``progress(description, total)`` returns a callback taking the rows loaded so far."""
-    if not sizes or min(sizes) < 1 or new < 1 or varied < 1:
-        raise ValueError(f"sizes, new and varied must be positive, got sizes={sizes}, new={new}, varied={varied}")
+    run, ``rate`` turns per second of event time (at 10, the default hour-long window holds 36k turns;
+    at 1,000, every stored turn of a 1M store is in it). ``progress(description, total)`` returns a
+    callback taking the rows loaded so far."""
+    if not sizes or min(sizes) < 1 or new < 1 or varied < 1 or not rate > 0:
+        raise ValueError(f"sizes, new, varied and rate must be positive, got sizes={sizes}, new={new}, "
+                         f"varied={varied}, rate={rate}")
     result = AnalyzeBenchResult(new=new)
     for size in sizes:
         with bench_database(database_url, str(size), keep=keep) as url:
             if keep:
                 echo(f"database kept: {url}")
-            result.sizes.append(_bench_size(url, size, new, varied, echo, progress))
+            result.sizes.append(_bench_size(url, size, new, varied, rate, echo, progress))
             echo(f"{size:,} stored: catch-up {result.sizes[-1].catch_up.seconds:.2f} s, "
                  f"scheduled run {result.sizes[-1].scheduled.seconds:.2f} s")
     return result
 
 
-def _bench_size(url: str, size: int, new: int, varied: int, echo: Callable[[str], None],
+def _bench_size(url: str, size: int, new: int, varied: int, rate: float, echo: Callable[[str], None],
                 progress: Callable[[str, int], Callable[[int], None]] | None) -> SizeResult:
     # Imported here, not at the top: the measuring child's import cost stays the analyzer's own.
     from monitor.bench.bulk_turns import SyntheticTurns
 
     # The stream ends _LEAD before now, so every turn's event time is already past.
-    start = datetime.now(UTC) - _LEAD - timedelta(seconds=(size + WARM_UP_NEW + new + varied) / 10.0)
-    turns = SyntheticTurns(start)
-    fresh = SyntheticTurns(start, seed=1, pool=WARM_UP_NEW + new)  # every new turn its own text
+    start = datetime.now(UTC) - _LEAD - timedelta(seconds=(size + WARM_UP_NEW + new + varied) / rate)
+    turns = SyntheticTurns(start, rate=rate)
+    fresh = SyntheticTurns(start, seed=1, pool=WARM_UP_NEW + new, rate=rate)  # every new turn its own text
     started = time.perf_counter()
     turns.load(url, 0, size, derived=True, progress=progress(f"loading {size:,} turns", size) if progress else None)
     _vacuum_analyze(url)

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, delete, func, select, text, update
+from sqlalchemy import Engine, and_, bindparam, case, delete, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from monitor.signals import SIGNAL_COLUMNS
@@ -34,6 +34,10 @@ from monitor.store.models import (
 ANALYZER_LOCK_KEY = 0x6D6F6E61  # "mona"
 #: The watermark is the event time of this many-th latest turn: no single event can move it.
 WATERMARK_RANK = 10
+#: A window group: (domain, model_version, locale) as stored (None where the event had none).
+GroupKey = tuple[str | None, str | None, str | None]
+#: Groups per windowed query: bounds the statement's size.
+_GROUPS_PER_QUERY = 100
 #: Columns of the analyzer's view of a turn (no text).
 TURN_COLUMNS = ("id", "event_id", "conversation_id", "turn", "ts", "model_version", "domain", "locale", "score",
                 "scorer", "satisfaction", "prompt_harmful", *SIGNAL_COLUMNS)
@@ -227,10 +231,65 @@ def _entries() -> Any:
             .where(_SIGNALS_DONE))
 
 
-def window_rows(session: Session, since: datetime) -> list[dict[str, Any]]:
-    """Turns with signals after ``since`` (event time): the current window, plus their divergence."""
-    query = select(*_columns(), Turn.__table__.c.divergence).where(Turn.ts > since, _SIGNALS_DONE)
-    return _dicts(session, query)
+def window_groups(session: Session, since: datetime) -> list[tuple[GroupKey, int, int]]:
+    """Per (domain, model_version, locale): the turns with signals after ``since`` (event time)
+    and how many of them are rated (a rating and a score): the current window's exact counts."""
+    rated = case((Turn.satisfaction.is_not(None) & Turn.score.is_not(None), 1), else_=0)
+    query = (select(Turn.domain, Turn.model_version, Turn.locale, func.count(), func.sum(rated))
+             .where(Turn.ts > since, _SIGNALS_DONE).group_by(Turn.domain, Turn.model_version, Turn.locale))
+    return [((domain, version, locale), int(turns), int(rated or 0))
+            for domain, version, locale, turns, rated in session.connection().execute(query)]
+
+
+def window_rows(session: Session, since: datetime,
+                strides: Mapping[GroupKey, int] | None = None) -> list[dict[str, Any]]:
+    """Turns with signals after ``since`` (event time): the current window. ``strides``: per group,
+    only the turns whose :func:`sampled_id` is a multiple of it (:mod:`monitor.analyze.window_sample`);
+    None: all."""
+    query = select(*_columns()).where(Turn.ts > since, _SIGNALS_DONE)
+    if strides is None:
+        return _dicts(session, query)
+    rows: list[dict[str, Any]] = []
+    items = list(strides.items())
+    for start in range(0, len(items), _GROUPS_PER_QUERY):
+        rows += _dicts(session, query.where(or_(*(_in_group(group, stride)
+                                                 for group, stride in items[start:start + _GROUPS_PER_QUERY]))))
+    return rows
+
+
+def undiverged_rows(session: Session, since: datetime, groups: Sequence[GroupKey], *, before_id: int | None,
+                    limit: int) -> list[dict[str, Any]]:
+    """Up to ``limit`` scored turns of the window in ``groups`` with no divergence yet, newest
+    (highest id) first, below ``before_id`` when given: the analyzer scores them a page at a time."""
+    if not groups:
+        return []
+    query = select(*_columns()).where(Turn.ts > since, _SIGNALS_DONE, Turn.divergence.is_(None),
+                                      Turn.score.is_not(None))
+    if before_id is not None:
+        query = query.where(Turn.id < before_id)
+    found: list[dict[str, Any]] = []
+    for start in range(0, len(groups), _GROUPS_PER_QUERY):
+        chunk = groups[start:start + _GROUPS_PER_QUERY]
+        found += _dicts(session, query.where(or_(*(_in_group(group) for group in chunk)))
+                        .order_by(Turn.id.desc()).limit(limit))
+    found.sort(key=lambda row: row["id"], reverse=True)
+    return found[:limit]
+
+
+def _in_group(group: GroupKey, stride: int = 1) -> Any:
+    parts = [column.is_(None) if value is None else column == value
+             for column, value in zip((Turn.domain, Turn.model_version, Turn.locale), group, strict=True)]
+    if stride > 1:
+        parts.append(sampled_id(Turn.id) % stride == 0)
+    return and_(*parts)
+
+
+def sampled_id(turn_id: Any) -> Any:
+    """``turn_id`` scrambled (``id × 40503 mod 65521``, a permutation of the residues of a prime):
+    a stride over it draws a stable pseudo-random sample, where one over the raw id would alias
+    with any period in how ids were handed out (a producer cycling through domains, say). Works
+    on Python ints and on SQL expressions alike; no overflow below ids of 2^47."""
+    return (turn_id * 40503) % 65521
 
 
 def rows_by_event_id(session: Session, event_ids: Sequence[str]) -> list[dict[str, Any]]:
