@@ -317,6 +317,31 @@ def test_the_deriver_is_ready_once_its_classifiers_loaded_or_failed_to(sessions,
     assert failing.ready.is_set()  # ingest never waits for a classifier that cannot load
 
 
+def test_the_analyzer_thread_loads_the_drift_stack_and_redactor_before_its_first_run(
+        sessions, migrated_url, topic_settings, monkeypatch) -> None:
+    from monitor import redaction
+    from monitor.analyze.runner import AnalyzerThread
+
+    stop = threading.Event()
+    stop.set()  # no runs: only the warm-up
+    analyzer = Analyzer(analyzer_settings(topic_settings, migrated_url), sessions)
+    thread = AnalyzerThread(analyzer, 60.0, stop)
+    redaction._analyzer.cache_clear()
+    thread.run()
+    assert thread.ready.is_set()
+    assert analyzer._drift.embedder is not None and analyzer._drift.embedder._model is not None
+    assert redaction._analyzer.cache_info().currsize == 1
+
+    def broken() -> None:
+        raise RuntimeError("no evidently")
+
+    failing = Analyzer(analyzer_settings(topic_settings, migrated_url), sessions)
+    monkeypatch.setattr(failing, "warm_up", broken)
+    thread = AnalyzerThread(failing, 60.0, stop)
+    thread.run()  # logs, does not raise: the runs load what they need
+    assert thread.ready.is_set()  # ingest never waits for a warm-up that cannot finish
+
+
 def test_the_deriver_gives_way_while_ingest_is_behind_but_never_stops(sessions) -> None:
     write(sessions, TrafficSimulator(12).conversations(40))
     derive.derive_signals([("Can I freeze my card?", "Yes, in the app.", "cards")])  # classifiers loaded

@@ -86,6 +86,23 @@ def test_writing_the_same_batch_twice_changes_nothing(sessions) -> None:
     assert len(first["turns"]) == 2 and len(first["ratings"]) == 1
 
 
+def test_a_batch_that_replays_part_of_an_earlier_one_stores_only_its_new_rows(sessions) -> None:
+    # PostgreSQL COPYs a batch straight into its table; a replayed row fails that COPY, and the
+    # batch is then written through the staging table, skipping the stored rows.
+    turn, thumb = conversation("c-1", 0), rating("c-1", 0, value=0)
+    write(sessions, records(turn, thumb))
+    other = conversation("c-2", 0)  # twice in the batch: the producer retried
+    partly_new = records(turn, other, other, thumb, rating("c-2", 0, value=1),
+                         rating("c-1", 0, value=1, ts="2026-11-27T10:05:00Z"))
+    write(sessions, partly_new)
+    state = snapshot(sessions)
+    assert [(c, t, satisfaction, count) for c, t, _, satisfaction, count, _ in state["turns"]] == [
+        ("c-1", 0, 1.0, 2), ("c-2", 0, 1.0, 1)]
+    assert len(state["ratings"]) == 3 and all(joined for _, joined, _ in state["ratings"])
+    write(sessions, partly_new)
+    assert snapshot(sessions) == state
+
+
 def test_a_rating_that_arrives_first_waits_then_joins(sessions) -> None:
     early = rating("c-9", 2, kind="stars", value=5)
     write(sessions, records(early))

@@ -38,6 +38,16 @@ class DriftInputs:
     embeddings: bool = True
     embedder: PromptEmbedder | None = None  # created on first use
 
+    def warm_up(self) -> None:
+        """Import the report's libraries (pandas, evidently: about 160 MiB and 2 s, most of it
+        holding the GIL) and load the embedder's weights now, not at the first report."""
+        if self.rows <= 0:
+            return
+        import monitor.analyze.drift  # noqa: F401 - the import is the point
+
+        if self.embeddings:
+            self.get_embedder().embed(["Warming up."])
+
     def get_embedder(self) -> PromptEmbedder:
         if self.embedder is None:
             from monitor.analyze.embeddings import PromptEmbedder
