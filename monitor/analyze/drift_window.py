@@ -39,14 +39,23 @@ class DriftInputs:
     embedder: PromptEmbedder | None = None  # created on first use
 
     def warm_up(self) -> None:
-        """Import the report's libraries (pandas, evidently: about 160 MiB and 2 s, most of it
-        holding the GIL) and load the embedder's weights now, not at the first report."""
+        """Build a small report from random numbers now, not the first real one in the middle of
+        traffic: the import of pandas and evidently (160 MiB, 2 s mostly holding the GIL), what
+        evidently loads on its first report, and the embedder's weights."""
         if self.rows <= 0:
             return
-        import monitor.analyze.drift  # noqa: F401 - the import is the point
+        import pandas as pd
 
+        from monitor.analyze.drift import MIN_ROWS, drift_report
+
+        rng = np.random.default_rng(0)
+        tables = [pd.DataFrame(rng.random((2 * MIN_ROWS, len(COLUMNS))), columns=list(COLUMNS)) for _ in range(2)]
+        embeddings: list[np.ndarray | None] = [None, None]
         if self.embeddings:
-            self.get_embedder().embed(["Warming up."])
+            embedder = self.get_embedder()
+            embeddings = [embedder.embed([f"warming up {side} {i}" for i in range(2 * MIN_ROWS)]) for side in range(2)]
+        drift_report(tables[0], tables[1], columns=COLUMNS, reference_embeddings=embeddings[0],
+                     current_embeddings=embeddings[1], title="warm-up")
 
     def get_embedder(self) -> PromptEmbedder:
         if self.embedder is None:

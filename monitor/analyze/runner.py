@@ -53,6 +53,7 @@ from monitor.analyze.window_sample import WindowPlan, plan_window
 from monitor.analyze.window_stats import reported_segments, segment_stats
 from monitor.config import Settings
 from monitor.errors import BrokerUnavailable, StoreUnavailable
+from monitor.heap import trim_heap
 from monitor.metrics import Metrics
 from monitor.relabel.keeper import CycleKeeper
 from monitor.review.estimate import VERDICTS
@@ -658,3 +659,4 @@ class AnalyzerThread(threading.Thread):
                     self.after_run()
                 except Exception:  # noqa: BLE001 - housekeeping never stops the schedule
                     log.exception("after-run task failed; retrying on the next tick")
+            trim_heap()  # what the run read is freed; give its pages back (monitor.heap)
