@@ -10,9 +10,9 @@ a quiet segment keeps every turn beside a busy one. Every group of a segment get
 stride, so the sample weighs the segment's groups as the traffic does.
 
 Why: at 10 turns/s the hour-long window holds 36k turns; at 2k events/s it held 740k, read as one
-dict each (+144 MiB RSS and a 30 s read in `monitor bench soak`). A sample of 10k turns a segment
-resolves its reward mean, AUC and gap to about a hundredth; the counts stay exact, and the
-intervals are computed on the rows read, so they are wider, never narrower, than the window's.
+dict each (+144 MiB RSS, and runs of up to 83 s, in `monitor bench soak`). About 6,000 turns a
+segment (30,000 over five) resolve its reward mean, AUC and gap to a few hundredths; the counts stay
+exact, and the intervals are computed on the rows read, so they are wider than the window's.
 
 >>> plan = plan_window([(("a", None, None), 100, 30), (("b", None, None), 1000, 300)],
 ...                    SegmentScheme(domains=("a", "b")), max_turns=500)
