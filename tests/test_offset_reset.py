@@ -63,10 +63,12 @@ def _conversation_ids(url: str) -> set[str]:
         engine.dispose()
 
 
-def _metric(http: httpx.Client, line_start: str) -> float:
+def _metric(http: httpx.Client, line_start: str, default: float | None = None) -> float:
     for line in http.get("/metrics").text.splitlines():
         if line.startswith(line_start + " "):
             return float(line.rsplit(" ", 1)[1])
+    if default is not None:
+        return default
     raise AssertionError(f"no sample {line_start}")
 
 
@@ -151,7 +153,9 @@ def test_policy_latest_skips_the_old_events_and_consumes_the_new(topic_settings,
     produce(settings, [(conv, f"old-{i}".encode(), wire(conversation(f"old-{i}", 0))) for i in range(30)])
 
     with ServiceThread(settings) as service, httpx.Client(base_url=service.url, timeout=10) as http:
-        wait_for(lambda: _resets(http, conv, "past_end") == 3, what="three resets")
+        # The series appears once the partitions are assigned: until then, keep waiting.
+        wait_for(lambda: _metric(http, f'monitor_offset_resets_total{{reason="past_end",topic="{conv}"}}',
+                                 default=0.0) == 3, what="three resets")
         produce(settings, [(conv, f"new-{i}".encode(), wire(conversation(f"new-{i}", 0))) for i in range(12)])
         wait_for(lambda: counts(database_url).turns == 12, what="the new events")
         assert http.get("/readyz").json()["last_offset_reset"]["policy"] == "latest"
