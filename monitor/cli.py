@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,9 +44,69 @@ def _settings(**overrides: object) -> Settings:
         raise typer.Exit(2) from exc
 
 
-def _fail(exc: MonitorError) -> typer.Exit:
-    typer.echo(f"error: {exc}", err=True)
-    return typer.Exit(1)
+def _fail(exc: BaseException, doing: str = "database error") -> typer.Exit:
+    """Print ``exc`` as one ``error:`` line on stderr; the caller raises the returned exit 2."""
+    typer.echo(f"error: {_error_line(exc, doing)}", err=True)
+    return typer.Exit(2)
+
+
+def main() -> None:
+    """The `monitor` command (the console script and `python -m monitor`).
+
+    Exit codes: 0 done; 1 a check that answered no, which is no error (`db current` behind head,
+    `analyze` or `db prune` finding another one at work, a prune left incomplete); 2 an error, one
+    ``error: ...`` line on stderr (typer's own usage errors print their box). Commands turn the
+    errors they expect into that line themselves (:func:`_fail`); here the rest of `monitor`'s
+    errors (a :class:`MonitorError`, an unreachable or failing database) get it instead of a
+    traceback. Ctrl-C exits 130 quietly; any other exception is a bug and keeps its traceback.
+    """
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        app(prog_name="monitor")
+    except KeyboardInterrupt:  # typer turns one inside a command into exit 130; this is one outside it
+        sys.exit(130)
+    except (MonitorError, SQLAlchemyError) as exc:
+        typer.echo(f"error: {_error_line(exc)}", err=True)
+        sys.exit(2)
+
+
+def _error_line(exc: BaseException, doing: str = "database error") -> str:
+    """``exc`` in one line. Connecting failed (SQLAlchemy's error then has no statement), perhaps
+    under a MonitorError: ``cannot reach the database URL: <the driver's first line>``; another
+    database error: ``<doing> on URL: ...``; else the message's first line. URLs are masked."""
+    from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, DBAPIError) and (cause.statement is None or cause.connection_invalidated):
+            return f"cannot reach the database {_database_where()}: {_one_line(cause.orig or cause)}"
+        cause = cause.__cause__
+    if isinstance(exc, SQLAlchemyError):
+        return f"{doing} on {_database_where()}: {_first_line(exc)}"
+    return _one_line(exc)
+
+
+def _database_where() -> str:
+    """The database the command used, masked: its ``--database-url`` (the benchmarks), else MONITOR_DATABASE_URL."""
+    from monitor.store.db import masked_url
+
+    args = sys.argv[1:]
+    for i, arg in enumerate(args):
+        if arg.startswith("--database-url="):
+            return masked_url(arg.partition("=")[2])
+        if arg == "--database-url" and i + 1 < len(args):
+            return masked_url(args[i + 1])
+    try:
+        return masked_url(load_settings().database_url)
+    except ConfigError:  # not reached: the command loaded them before it touched the store
+        return "MONITOR_DATABASE_URL"
+
+
+def _one_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message: drivers and SQLAlchemy add hints, SQL and links below it."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
 
 
 @app.command()
@@ -102,24 +163,40 @@ def simulate(
 
 @app.command()
 def demo(
-    rate: Annotated[float, typer.Option(help="Simulated assistant turns per second.", min=0.001)] = 5.0,
-    duration: Annotated[float, typer.Option(help="Stop after this many seconds (0: run until Ctrl-C).", min=0)] = 0.0,
-    seed: Annotated[int, typer.Option(help="Simulator seed.")] = 0,
-    scenario: Annotated[str, typer.Option(help="Simulator scenario S0-S8 (see docs/scenarios.md).")] = "S1",
-    onset: Annotated[float, typer.Option(help="Seconds before the scenario's shift sets in.", min=0)] = 600.0,
+    rate: Annotated[float, typer.Option(help="Simulated assistant turns per second (the demo reward model scores "
+                                        "about 18/s on 2 cores).", min=0.1, max=1000)] = 12.0,
+    duration: Annotated[float, typer.Option(help="Stop after this many seconds of traffic (0: run until Ctrl-C).",
+                                            min=0)] = 0.0,
+    seed: Annotated[int | None, typer.Option(help="Simulator seed. Default: 0, or a random one with --keep (the kept "
+                                             "store already holds seed 0's events).", show_default=False)] = None,
+    scenario: Annotated[str, typer.Option(help="The story: S1 length hacking (alert mode verbosity), S3 formatting, "
+                                          "S4 over-refusal, S7 overpromise (investments), S0 no shift "
+                                          "(docs/scenarios.md).")] = "S1",
+    onset: Annotated[float | None, typer.Option(
+        help="Seconds after traffic starts when the shift sets in; it must leave time for every segment's reference "
+        "to fill first. Default: the earliest such time (printed).", show_default=False)] = None,
+    domains: Annotated[str, typer.Option(
+        help="Comma-separated domains to simulate, one segment each. Fewer domains tell the same story sooner "
+        "(each segment fills its reference and reaches its alert with more turns a second).")]
+        = "payments,cards,investments,fraud,general",
+    keep: Annotated[bool, typer.Option("--keep", help="Keep the last demo's store (monitor-demo.db) instead of "
+                                       "starting a fresh one.")] = False,
 ) -> None:
-    """Embedded broker + SQLite + simulated traffic + the service, in one command. Ctrl-C stops."""
-    from monitor.demo import run_demo
-    from monitor.sim.scenarios import Scenario
+    """Embedded broker + a fresh SQLite store + simulated traffic + the service: an announced reward hack,
+    caught and attributed within about five minutes. Ctrl-C stops."""
+    from monitor.demo import DemoPace, demo_scenario, parse_domains, plan_onset, run_demo
 
     settings = _settings()
     try:
-        chosen = Scenario(scenario, onset_s=onset)
+        pace = DemoPace(rate=rate, domains=parse_domains(domains),
+                        reference_labels=settings.analyze_reference_labels
+                        if "analyze_reference_labels" in settings.model_fields_set else DemoPace.reference_labels)
+        chosen = demo_scenario(scenario, plan_onset(pace, onset), pace.domains)
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     try:
-        run_demo(settings, rate=rate, duration=duration, seed=seed, scenario=chosen)
+        run_demo(settings, pace=pace, duration=duration, seed=seed, scenario=chosen, keep=keep)
     except MonitorError as exc:
         raise _fail(exc) from exc
 
@@ -159,7 +236,7 @@ def analyze(
             engine.dispose()
     except MonitorError as exc:
         raise _fail(exc) from exc
-    if summary.locked:
+    if summary.locked:  # no error (exit 2): the other analyzer does the work
         typer.echo("another analyzer is running; nothing done", err=True)
         raise typer.Exit(1)
     typer.echo(summary.report())
@@ -297,8 +374,7 @@ def keys_create(
             row, key = create_key(session, role, name)
             created = row.name
     except KeyNameTaken as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from exc
+        raise _fail(exc) from exc
     finally:
         engine.dispose()
     typer.echo(f"created {role} key {created!r}; it is shown once, store it now:")
@@ -339,7 +415,7 @@ def keys_revoke(name: Annotated[str, typer.Argument(help="The key's name (see `m
         engine.dispose()
     if not found:
         typer.echo(f"error: no key named {name!r} (see `monitor keys list`)", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(2)
     typer.echo(f"revoked {name!r}")
 
 
@@ -466,13 +542,14 @@ def relabel_export(
         path = write(exported.rows, fmt, target)
     except OSError as exc:
         typer.echo(f"error: cannot write {target}: {exc.strerror or exc}", err=True)
-        raise typer.Exit(1) from exc
+        raise typer.Exit(2) from exc
     typer.echo(f"{path}: {len(exported.rows)} preference pairs (of {exported.pairs}; ties and unlabelled left out)")
 
 
 @db_app.command("upgrade")
 def db_upgrade(revision: Annotated[str, typer.Argument(help="Target revision.")] = "head") -> None:
     """Migrate the database at MONITOR_DATABASE_URL to the latest schema."""
+    from alembic.util import CommandError
     from sqlalchemy.exc import SQLAlchemyError
 
     from monitor.store.db import masked_url
@@ -481,9 +558,10 @@ def db_upgrade(revision: Annotated[str, typer.Argument(help="Target revision.")]
     settings = _settings()
     try:
         upgrade(settings.database_url, revision)
+    except CommandError as exc:  # an unknown REVISION
+        raise _fail(exc) from exc
     except SQLAlchemyError as exc:
-        typer.echo(f"error: migration failed on {masked_url(settings.database_url)}: {exc}", err=True)
-        raise typer.Exit(1) from exc
+        raise _fail(exc, "migration failed") from exc
     typer.echo(f"database at {revision}: {masked_url(settings.database_url)}")
 
 
@@ -501,7 +579,7 @@ def db_current() -> None:
         engine.dispose()
     head = head_revision()
     typer.echo(f"current: {current or 'none (empty database)'}\nhead:    {head}")
-    if current != head:
+    if current != head:  # a check that answered no, not an error (exit 2)
         raise typer.Exit(1)
 
 
@@ -512,8 +590,6 @@ def db_prune(
     """Apply the MONITOR_RETENTION_* settings now: delete turns, ratings and dead letters past their
     age, replace raw text past its own by the redacted form (docs/retention.md)."""
     settings = _settings()  # before the imports below: a bad setting fails at once
-    import sys
-
     from rich.console import Console
     from rich.progress import Progress, TaskID
     from sqlalchemy.exc import SQLAlchemyError
@@ -526,11 +602,10 @@ def db_prune(
     try:
         at_head = is_at_head(settings.database_url)
     except SQLAlchemyError as exc:
-        typer.echo(f"error: cannot read {where}: {_first_line(exc)}", err=True)
-        raise typer.Exit(1) from exc
+        raise _fail(exc, "cannot read the schema revision") from exc
     if not at_head:  # a prune never migrates, a dry run changes nothing
         typer.echo(f"error: the schema of {where} is not at the latest migration: run `monitor db upgrade`", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(2)
     engine = make_engine(settings.database_url)
     sessions = make_session_factory(engine)
     console = Console(stderr=True)
@@ -549,15 +624,14 @@ def db_prune(
             # An analyzer run holds its lock for seconds; the deletions wait that long for it.
             result = prune_store(settings, sessions, dry_run=dry_run, progress=progress, lock_wait_seconds=120)
     except SQLAlchemyError as exc:
-        typer.echo(f"error: prune failed on {where}: {_first_line(exc)}", err=True)
-        raise typer.Exit(1) from exc
+        raise _fail(exc, "prune failed") from exc
     finally:
         engine.dispose()
-    if result.locked:
-        typer.echo("error: another process is pruning this store; nothing done", err=True)
+    if result.locked:  # no error (exit 2): the other prune does the work
+        typer.echo("another process is pruning this store; nothing done", err=True)
         raise typer.Exit(1)
     typer.echo(result.report())
-    if not result.complete:
+    if not result.complete:  # the analyzer lock stayed held: what is left waits for the next prune
         raise typer.Exit(1)
 
 

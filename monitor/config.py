@@ -32,7 +32,8 @@ API_ROLES = ("all", "api")
 class Settings(BaseSettings):
     """Configuration of one `monitor` process. Field ``x`` is read from ``MONITOR_X``."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
+    # hide_input_in_errors: a refused MONITOR_DATABASE_URL (with its password) stays out of tracebacks.
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True, hide_input_in_errors=True)
 
     database_url: str = "sqlite:///./monitor.db"
     db_auto_upgrade: bool = Field(
@@ -287,6 +288,14 @@ class Settings(BaseSettings):
                     f"({minutes / 1440:g} days): the analyzer reads those turns back")
         return self
 
+    @field_validator("database_url")
+    @classmethod
+    def _supported_database(cls, value: str) -> str:
+        from monitor.store.db import check_url  # SQLAlchemy: imported by the commands that open the store anyway
+
+        check_url(value)
+        return value
+
     @field_validator("log_level")
     @classmethod
     def _known_level(cls, value: str) -> str:
@@ -394,8 +403,10 @@ def load_settings(**overrides: object) -> Settings:
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
+        # Our validators' ValueErrors come as "Value error, <message>": the message is the news.
         problems = "; ".join(
-            f"{ENV_PREFIX}{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" if err["loc"]
+            f"{ENV_PREFIX}{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg'].removeprefix('Value error, ')}"
+            if err["loc"]
             # A check across settings (a model validator) names its variables in its message.
             else err["msg"].removeprefix("Value error, ")
             for err in exc.errors()

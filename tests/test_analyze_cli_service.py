@@ -52,7 +52,7 @@ def test_analyze_once_then_recompute_then_refit(tmp_path) -> None:
 
 def test_analyze_reports_an_unreachable_database() -> None:
     result = run("analyze", database_url="postgresql://nobody@127.0.0.1:1/none")
-    assert result.returncode == 1 and "error:" in result.stderr and "Traceback" not in result.stderr
+    assert result.returncode == 2 and "error:" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_bench_detect_prints_every_figure() -> None:

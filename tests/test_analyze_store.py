@@ -196,21 +196,29 @@ def test_a_from_scratch_recompute_gives_the_same_alerts_under_the_same_keys(traf
 
 
 def test_an_empty_store_gives_an_empty_run_and_the_api_says_why(sessions, migrated_url, topic_settings):
-    settings = analyzer_settings(topic_settings, migrated_url)
-    summary = Analyzer(settings, sessions).run_once()
-    assert (summary.turns, summary.opened, summary.drift) == (0, 0, None)
-    assert "not enough data" in summary.report()
+    settings = analyzer_settings(topic_settings, migrated_url, analyze_drift_interval_seconds=900)
     engine = make_engine(migrated_url)
     api = ApiServer(create_app(AppContext(settings, engine, sessions, HealthState(), CollectorRegistry(),
                                           ProducerRewardScorer())), "127.0.0.1", 0)
     api.start()
     headers = api_key(migrated_url, "viewer")
     try:
+        before = httpx.get(f"{api.url}/v1/reports/drift", timeout=10, headers=headers)
+        assert before.status_code == 404 and "no analysis has run yet" in before.json()["error"]["message"]
+        summary = Analyzer(settings, sessions).run_once()
+        assert (summary.turns, summary.opened, summary.drift) == (0, 0, None)
+        assert "not enough data" in summary.report()
         segments = httpx.get(f"{api.url}/v1/segments", timeout=10, headers=headers).json()
         assert all(s["status"] == "warming_up" and s["reference_labels_needed"] == REFERENCE
                    for s in segments["segments"])
         missing = httpx.get(f"{api.url}/v1/reports/drift", timeout=10, headers=headers)
-        assert missing.status_code == 404 and "no drift report yet" in missing.json()["error"]["message"]
+        message = missing.json()["error"]["message"]
+        assert missing.status_code == 404 and "no analysis has run yet" not in message  # a run, without a report
+        assert f"the latest analyzer run (#{segments['run']['id']}," in message
+        assert "lacked a fitted reference window (every segment is warming up; the nearest needs " \
+            f"{REFERENCE} more rated turns)" in message
+        assert "and 30 turns in the current window (it held 0)" in message
+        assert "rebuild it at most every 900 s" in message
         assert httpx.get(f"{api.url}/v1/alerts", timeout=10, headers=headers).json() == {"alerts": []}
     finally:
         api.stop()

@@ -124,7 +124,7 @@ def test_keys_cli_creates_lists_and_revokes_and_stores_only_digests(migrated_url
     assert key not in listed.stdout and f"{key[:8]}..." in listed.stdout
 
     again = run("keys", "create", "--role", "admin", "--name", "grafana", database_url=migrated_url)
-    assert again.returncode == 1 and "exists already" in again.stderr
+    assert again.returncode == 2 and "exists already" in again.stderr
 
     revoked = run("keys", "revoke", "grafana", database_url=migrated_url)
     assert revoked.returncode == 0 and "revoked 'grafana'" in revoked.stdout
@@ -140,7 +140,7 @@ def test_keys_cli_creates_lists_and_revokes_and_stores_only_digests(migrated_url
     (("keys", "create", "--role", "root"), 2, "role must be one of viewer, annotator, admin"),
     (("keys", "create", "--role", "admin", "--name", "has space"), 2, "a key name is 1-64 letters"),
     (("keys", "create", "--role", "admin", "--name", "x" * 65), 2, "a key name is 1-64 letters"),
-    (("keys", "revoke", "nobody"), 1, "no key named 'nobody'"),
+    (("keys", "revoke", "nobody"), 2, "no key named 'nobody'"),
 ])
 def test_keys_cli_rejects_bad_input(migrated_url: str, args: tuple[str, ...], code: int, message: str) -> None:
     result = run(*args, database_url=migrated_url)

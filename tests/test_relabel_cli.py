@@ -54,7 +54,7 @@ def test_start_list_show_and_export(store, tmp_path) -> None:
     cancelled = run("relabel", "cancel", str(json.loads(tuned.stdout)["id"]), database_url=url)
     assert cancelled.returncode == 0 and json.loads(cancelled.stdout)["status"] == "cancelled"
     twice = run("relabel", "cancel", str(json.loads(tuned.stdout)["id"]), database_url=url)
-    assert twice.returncode == 1 and "only a collecting cycle can be cancelled" in twice.stderr
+    assert twice.returncode == 2 and "only a collecting cycle can be cancelled" in twice.stderr
 
     listed = run("relabel", "list", database_url=url)
     assert listed.returncode == 0
@@ -63,7 +63,7 @@ def test_start_list_show_and_export(store, tmp_path) -> None:
     assert shown.returncode == 0 and json.loads(shown.stdout)["id"] == cycle["id"]
 
     early = run("relabel", "export", str(cycle["id"]), database_url=url)
-    assert early.returncode == 1 and "nothing to export yet: 0 of 3 pairs labelled" in early.stderr
+    assert early.returncode == 2 and "nothing to export yet: 0 of 3 pairs labelled" in early.stderr
 
     # Two pairs labelled through the real queue (A, then a tie); the third stays open.
     queue = ReviewQueue(sessions, SegmentScheme.from_settings(Settings(database_url=url)))
@@ -101,7 +101,7 @@ def test_start_list_show_and_export(store, tmp_path) -> None:
      "--control-share: Input should be less than or equal to 0.5"),
     (("relabel", "start", "--segment", "payments", "--size", "3", "--design", "tight"), 2,
      "--design: Input should be 'spread' or 'dense'"),
-    (("relabel", "show", "999"), 1, "relabel cycle 999 not found"),
+    (("relabel", "show", "999"), 2, "relabel cycle 999 not found"),
 ])
 def test_bad_input_exits_with_a_one_line_error(store, args: tuple[str, ...], status: int, why: str) -> None:
     url, _ = store

@@ -169,7 +169,7 @@ def test_cli_evaluate_rejects_a_bad_split_and_missing_heads(tmp_path) -> None:
     result = CliRunner().invoke(app, ["signals", "evaluate", "--split", "dev"])
     assert result.exit_code == 2 and "split must be one of" in result.output
     result = CliRunner().invoke(app, ["signals", "evaluate", "--heads", str(tmp_path / "none.npz")])
-    assert result.exit_code == 1 and "cannot read style heads" in result.output
+    assert result.exit_code == 2 and "cannot read style heads" in result.output
 
 
 def test_heads_for_other_labels_are_refused(tmp_path) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sqlalchemy import Connection, Engine, create_engine, event, make_url, text
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from monitor.errors import StoreUnavailable
@@ -19,6 +19,34 @@ def normalise_url(url: str) -> str:
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix) :]
     return url
+
+
+#: The database URLs :func:`make_engine` takes, as messages spell them.
+URL_FORMS = "sqlite:///PATH (sqlite:// in memory) or postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE"
+#: Backends and the drivers of them that are dependencies ("": the backend's default, which
+#: :func:`normalise_url` maps to psycopg 3 for PostgreSQL; psycopg2 is not installed).
+_DRIVERS = {"sqlite": ("", "pysqlite"), "postgresql": ("", "psycopg")}
+
+
+def check_url(url: str) -> None:
+    """Raise ``ValueError`` unless :func:`make_engine` takes ``url``; the message shows no password.
+
+    Checked when the settings load, so that a typo fails at start in one line, not as a driver's
+    traceback from the first command that opens the store.
+
+    >>> check_url("postgres://monitor:s3cret@db/monitor")
+    >>> check_url("mysql://monitor:s3cret@db/monitor")
+    Traceback (most recent call last):
+    ...
+    ValueError: mysql://monitor:***@db/monitor: unsupported database 'mysql'; expected sqlite:///PATH ...
+    """
+    try:
+        parsed = make_url(normalise_url(url))
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
+        raise ValueError(f"not a database URL; expected {URL_FORMS}") from None
+    backend, _, driver = parsed.drivername.partition("+")
+    if driver not in _DRIVERS.get(backend, ()):
+        raise ValueError(f"{masked_url(url)}: unsupported database {parsed.drivername!r}; expected {URL_FORMS}")
 
 
 def masked_url(url: str) -> str:

@@ -18,6 +18,7 @@ from sqlalchemy import select
 from monitor.api.auth import require
 from monitor.api.deps import ContextDep, SessionDep
 from monitor.auth import VIEW
+from monitor.config import Settings
 from monitor.errors import NotFound
 from monitor.store.analysis import latest_run, list_alerts
 from monitor.store.models import Alert, AnalysisRun, RelabelCycle
@@ -112,14 +113,41 @@ def drift_report(
     """The latest input-drift report: a JSON summary, or evidently's HTML with ``format=html``."""
     run = latest_run(session, with_report=True)
     if run is None or run.drift_html is None:
-        raise NotFound(
-            "no drift report yet: it needs a fitted reference window and at least 30 turns in the current "
-            "window (and MONITOR_ANALYZE_DRIFT_ROWS > 0); " + _no_run_yet(context.settings.analyze_interval_seconds))
+        raise NotFound(_no_report_yet(latest_run(session), context.settings))
     if format == "html":
         return HTMLResponse(run.drift_html)
     return DriftOut(run=RunOut.of(run), report=run.drift_summary or {})
 
 
+def _no_report_yet(latest: AnalysisRun | None, settings: Settings) -> str:
+    """Why there is no drift report: no analyzer run yet, or what the latest run lacked; and when one can come.
+
+    Until a first report exists every run tries to build one, so the next run with the data does."""
+    if latest is None:
+        return "no drift report yet: " + _no_run_yet(settings.analyze_interval_seconds)
+    if settings.analyze_drift_rows <= 0:
+        return "no drift report: MONITOR_ANALYZE_DRIFT_ROWS is 0, which turns the report off"
+    lacked = []
+    if all(segment.get("status") == "warming_up" for segment in latest.segments):
+        # One fitted segment is enough: the report compares all reference windows with the current one.
+        needed = min((segment.get("reference_labels_needed") or 0 for segment in latest.segments), default=0)
+        lacked.append("a fitted reference window (every segment is warming up"
+                      + (f"; the nearest needs {needed} more rated turns)" if needed else ")"))
+    turns = sum(segment.get("turns") or 0 for segment in latest.segments)
+    if turns < 30:
+        lacked.append(f"30 turns in the current window (it held {turns})")
+    # Neither: too few of the turns had a reward, on one side or the other.
+    why = " and ".join(lacked) or "30 scored turns in its reference windows and in the current window"
+    return (f"no drift report yet: the latest analyzer run (#{latest.id}, finished "
+            f"{latest.finished_at.isoformat(timespec='seconds')}) lacked {why}; the next run that has them builds "
+            f"one ({_schedule(settings.analyze_interval_seconds)}, or run `monitor analyze`), then scheduled runs "
+            f"rebuild it at most every {settings.analyze_drift_interval_seconds:g} s "
+            "(MONITOR_ANALYZE_DRIFT_INTERVAL_SECONDS)")
+
+
+def _schedule(interval: float) -> str:
+    return f"`monitor serve` runs the analyzer every {interval:g} s" if interval else "the schedule is off"
+
+
 def _no_run_yet(interval: float) -> str:
-    schedule = f"`monitor serve` runs it every {interval:g} s" if interval else "the schedule is off"
-    return f"no analysis has run yet: {schedule}, or run `monitor analyze`"
+    return f"no analysis has run yet: {_schedule(interval)}, or run `monitor analyze`"
