@@ -50,6 +50,9 @@ class EmbeddedBroker:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")},
+            # Its own session and process group: a terminal's Ctrl-C reaches only our process,
+            # which stops the service first and then the broker (else clients log connection errors).
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout
         while True:

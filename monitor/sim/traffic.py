@@ -187,6 +187,7 @@ class TrafficSimulator:
         risk_metadata_rate: float = 0.0,
         rating_kinds: Sequence[str] | None = None,
         phrasing: str = "bank",
+        domains: Sequence[str] | None = None,
     ) -> None:
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise ValueError(f"seed must be an int, got {seed!r}")
@@ -202,6 +203,11 @@ class TrafficSimulator:
         if scenario is not None and not isinstance(scenario, Scenario):
             raise ValueError(f"scenario must be a Scenario or None, got {scenario!r}")
         self._rating_kinds = RATING_KINDS if rating_kinds is None else _rating_kind_weights(rating_kinds)
+        if domains is not None and (isinstance(domains, str) or not domains or any(d not in DOMAINS for d in domains)
+                                    or len(set(domains)) < len(domains)):
+            raise ValueError(f"domains must be None or distinct names from {', '.join(DOMAINS)}, got {domains!r}")
+        #: Where new conversations come from (None: every domain, weighted by the scenario's mix).
+        self.domains = None if domains is None else tuple(domains)
         if phrasing not in PHRASINGS:
             raise ValueError(f"phrasing must be one of {', '.join(PHRASINGS)}, got {phrasing!r}")
         self.phrasing = phrasing
@@ -271,7 +277,8 @@ class TrafficSimulator:
             domain, bank = _SHIFTED_TOPICS[_pick(rng, mix.topics)]
             shifted = True
         else:
-            domain = _weighted(rng, mix.domain_weights)
+            domain = _weighted(rng, mix.domain_weights if self.domains is None else _only(mix.domain_weights,
+                                                                                          self.domains))
             bank = _BANK[domain]
         harmful_prompt = None
         if rng.random() < _HARMFUL_RATE[domain]:
@@ -452,6 +459,13 @@ def _uuid(rng: random.Random) -> uuid.UUID:
 def _pick(rng: random.Random, options: Sequence[_T]) -> _T:
     # Cheaper than rng.choice, which is the hot spot when generating tens of thousands of turns.
     return options[int(rng.random() * len(options))]
+
+
+def _only(weights: tuple[tuple[str, float], ...], domains: tuple[str, ...]) -> tuple[tuple[str, float], ...]:
+    """``weights`` restricted to ``domains``, renormalised."""
+    kept = [(domain, weight) for domain, weight in weights if domain in domains]
+    total = sum(weight for _, weight in kept)
+    return tuple((domain, weight / total) for domain, weight in kept)
 
 
 def _rating_kind_weights(kinds: Sequence[str]) -> tuple[tuple[str, float], ...]:
