@@ -323,8 +323,9 @@ def _show_progress(settings: Settings, demo: _Demo, stop: threading.Event, conso
             while not stop.is_set():
                 snapshot = _look(sessions)
                 elapsed = time.monotonic() - command_started
-                if demo.first_alert is None and any(a.state == "firing" for a in snapshot.alerts):
-                    demo.first_alert = (elapsed, next(a for a in snapshot.alerts if a.state == "firing"))
+                firing = [alert for alert in snapshot.alerts if alert.state == "firing"]
+                if demo.first_alert is None and firing:  # two may open in one run: the first seen, then the lowest id
+                    demo.first_alert = (elapsed, min(firing, key=lambda alert: (alert.first_seen_at, alert.id)))
                 live.update(_progress_view(demo, snapshot, elapsed, datetime.now(UTC)))
                 if duration and demo.traffic_started is not None and time.time() - demo.traffic_started >= duration:
                     stop.set()

@@ -32,7 +32,8 @@ def test_bench_soak_pushes_every_event_through_serve_and_measures_it(tmp_path) -
 
     assert report["produced"] == report["stored"] == EVENTS
     assert abs(report["achieved_rate"] - RATE) < 0.05 * RATE
-    assert report["dead_letters"] == 0 and report["error_lines"] == 0 and report["first_errors"] == []
+    assert report["dead_letters"] == 0 and report["error_lines"] == 0 and report["first_errors"] == [], \
+        report["first_errors"]
     assert report["batch_failures"] == 0 and report["analyzer_failures"] == 0
     assert report["exit_code"] == 0
 

@@ -196,7 +196,7 @@ def test_demo_tells_the_announced_story_and_stops_cleanly_on_ctrl_c(tmp_path: Pa
         def firing() -> bool:
             return any(alert.state == "firing" for alert in _alerts(url))
         wait_for(firing, timeout=BUDGET_SECONDS, interval=2.0, what="the first alert")
-        first = min((a for a in _alerts(url) if a.state == "firing"), key=lambda a: a.first_seen_at)
+        first = min((a for a in _alerts(url) if a.state == "firing"), key=lambda a: (a.first_seen_at, a.id))
         to_first_alert = (first.first_seen_at - started).total_seconds()
         print(f"first alert {to_first_alert:.0f} s after the command: {first.segment} {first.mode}")
         assert to_first_alert <= BUDGET_SECONDS
