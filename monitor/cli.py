@@ -83,7 +83,7 @@ def _error_line(exc: BaseException, doing: str = "database error") -> str:
             return f"cannot reach the database {_database_where()}: {_one_line(cause.orig or cause)}"
         cause = cause.__cause__
     if isinstance(exc, SQLAlchemyError):
-        return f"{doing} on {_database_where()}: {_first_line(exc)}"
+        return f"{doing} on {_database_where()}: {type(exc).__name__}: {_one_line(exc)}"
     return _one_line(exc)
 
 
@@ -633,11 +633,6 @@ def db_prune(
     typer.echo(result.report())
     if not result.complete:  # the analyzer lock stayed held: what is left waits for the next prune
         raise typer.Exit(1)
-
-
-def _first_line(exc: Exception) -> str:
-    """A database error in one line (SQLAlchemy appends the statement and a link)."""
-    return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
 
 
 @bench_app.command("ingest")

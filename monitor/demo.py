@@ -50,13 +50,6 @@ from monitor.store.reads import StoreCounts, store_counts
 TOPIC_PARTITIONS = 3
 #: The demo's store, in the working directory; recreated at each start unless ``--keep``.
 DEMO_DATABASE = "monitor-demo.db"
-#: Analyzer pace unless the MONITOR_* variables say otherwise: references of 200 rated turns, a
-#: 10 s schedule, ratings entering 15 s behind the watermark (the embedded broker's two topics
-#: never lag each other by more), a 10 minute window and a small drift report.
-DEMO_ANALYSIS = {"analyze_reference_labels": 200, "analyze_interval_seconds": 10.0,
-                 "analyze_settle_seconds": 15.0, "analyze_window_minutes": 10.0, "analyze_drift_rows": 300}
-
-
 @dataclass(frozen=True)
 class DemoStory:
     """What a scenario shows: the mode its alert must name (None: no alert expected) and a line for the screen."""
@@ -99,6 +92,13 @@ class DemoPace:
         the references fill 25% slower than average (domains draw unevenly; conversations are
         several turns) and the last reference rating lands a mean rating delay late."""
         return 5.0 * math.ceil((1.25 * self.reference_seconds() + self.mean_rating_delay_s) / 5.0)
+
+
+#: Analyzer pace unless the MONITOR_* variables say otherwise: references of 200 rated turns, a
+#: 10 s schedule, ratings entering 15 s behind the watermark (the embedded broker's two topics
+#: never lag each other by more), a 10 minute window and a small drift report.
+DEMO_ANALYSIS = {"analyze_reference_labels": DemoPace.reference_labels, "analyze_interval_seconds": 10.0,
+                 "analyze_settle_seconds": 15.0, "analyze_window_minutes": 10.0, "analyze_drift_rows": 300}
 
 
 def plan_onset(pace: DemoPace, onset: float | None) -> float:
@@ -218,9 +218,8 @@ def run_demo(settings: Settings, *, pace: DemoPace, duration: float, seed: int |
         console.print(f"scoring  {settings.rm_model or settings.rm_url}")
         kinds = "/".join(pace.rating_kinds)
         console.print(f"traffic  {', '.join(pace.domains)}: {pace.rate:g} turns/s, {pace.rating_rate:.0%} rated "
-                      f"({kinds}, "
-                      f"{pace.mean_rating_delay_s:g} s late on average), seed {seed}; each segment's reference "
-                      f"({settings.analyze_reference_labels} rated turns) fills in about "
+                      f"({kinds}, {pace.mean_rating_delay_s:g} s late on average), seed {seed}; each segment's "
+                      f"reference ({settings.analyze_reference_labels} rated turns) fills in about "
                       f"{pace.reference_seconds():.0f} s")
         if story.mode is None:
             console.print(f"story    {scenario.name}, {story.headline}")

@@ -42,15 +42,10 @@ from monitor.store.keys import active_key
 from monitor.store.models import Alert, AnalysisRun
 from monitor.store.reads import StoreCounts
 from tests.helpers import api_key, counts, wait_for
+from tests.test_cli import _answers, monitor_env
 
 #: The promise: a correctly attributed alert within five minutes of the command.
 BUDGET_SECONDS = 300
-
-
-def monitor_env(**settings: object) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MONITOR_")}
-    env.update({f"MONITOR_{k.upper()}": str(v) for k, v in settings.items()})
-    return env
 
 
 def demo_command(*args: str) -> list[str]:
@@ -231,13 +226,6 @@ def _alive(process: psutil.Process) -> bool:
     try:
         return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
-        return False
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.HTTPError:
         return False
 
 
